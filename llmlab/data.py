@@ -1,0 +1,87 @@
+"""The course's datasets, read from ``data/`` and checked against their published sha256.
+
+Nothing here downloads: the files ship with the repository (see data/README.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+# One entry per file the labs read; data/<dataset>/README.md states the same hashes
+# (tests/test_data.py keeps the two in step).
+CHECKSUMS = {
+    "tinyshakespeare/input.txt": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+    "banking77/train.csv": "b06e26ac675513959a63135f11b94ea7786ed02da65db93a5650d8838cbc664b",
+    "banking77/test.csv": "d12d6e3bc4c3103966ae786dc435913c0c563dfa328f5a3646d0e62cfeeb474d",
+    "banking77/categories.json": "53261da888122daf2d120d925458631d9619e15d82e56052e7a42e535ce32b63",
+}
+
+
+class DataFileError(RuntimeError):
+    """A course data file is missing or differs from the published version."""
+
+
+def data_dir() -> Path:
+    """LLMLAB_DATA if set, else the repository's data/ next to the package, else ./data."""
+    if os.environ.get("LLMLAB_DATA"):
+        return Path(os.environ["LLMLAB_DATA"])
+    beside_package = Path(__file__).resolve().parent.parent / "data"
+    if beside_package.is_dir():
+        return beside_package
+    return Path.cwd() / "data"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_file(relative: str, root: Path | None = None) -> Path:
+    """Path of a course data file after checking that it exists and has its published sha256."""
+    if relative not in CHECKSUMS:
+        raise KeyError(f"{relative!r} is not a course data file; known files: {', '.join(sorted(CHECKSUMS))}")
+    path = (root or data_dir()) / relative
+    if not path.is_file():
+        raise DataFileError(f"missing data file {path} (expected in the repository's data/ folder; see data/README.md)")
+    actual = sha256_of(path)
+    if actual != CHECKSUMS[relative]:
+        raise DataFileError(f"corrupt data file {path}: sha256 {actual[:12]}… differs from the published {CHECKSUMS[relative][:12]}…")
+    return path
+
+
+def tiny_shakespeare(root: Path | None = None) -> str:
+    """The full Tiny Shakespeare text (1,115,394 characters)."""
+    return data_file("tinyshakespeare/input.txt", root).read_text(encoding="utf-8")
+
+
+def banking77_intents(root: Path | None = None) -> list[str]:
+    """The 77 intent names, in the order the label ids use."""
+    return json.loads(data_file("banking77/categories.json", root).read_text(encoding="utf-8"))
+
+
+def banking77(root: Path | None = None):
+    """BANKING77 as a ``datasets.DatasetDict`` with splits train/test and columns text, label.
+
+    ``label`` is a ClassLabel over the 77 intents, so ``features["label"].int2str``
+    turns ids back into names.
+    """
+    import datasets
+    import pandas as pd
+
+    intents = banking77_intents(root)
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=intents)})
+    splits = {}
+    for split in ("train", "test"):
+        frame = pd.read_csv(data_file(f"banking77/{split}.csv", root))
+        unknown = sorted(set(frame["category"]) - set(intents))
+        if unknown:
+            raise DataFileError(f"banking77/{split}.csv has intents not in categories.json: {unknown[:5]}")
+        frame = pd.DataFrame({"text": frame["text"], "label": frame["category"].map(intents.index)})
+        splits[split] = datasets.Dataset.from_pandas(frame, features=features, preserve_index=False)
+    return datasets.DatasetDict(splits)

@@ -1,0 +1,302 @@
+"""Course notebook tooling: student labs from solutions, Colab cells from _config.yml, timed runs.
+
+    python -m llmlab.notebooks labs                 # sync Colab cells, write labs/ from solutions/ (make labs)
+    python -m llmlab.notebooks check                # exit 1 if labs/ or the Colab cells are out of date
+    python -m llmlab.notebooks execute solutions/02_attention.ipynb --preset cpu
+                                                    # run a solution in place and record preset, machine, seconds
+
+Conventions in a solution notebook:
+- cell 0 is the Colab badge (markdown) and cell 1 the set-up cell; both are generated;
+- an exercise is a code cell with ``metadata.llmlab.exercise = {id, title, points, difficulty}``
+  whose solution lines sit between ``### BEGIN SOLUTION`` and ``### END SOLUTION``;
+- the next code cell is its self-check, with ``metadata.llmlab.check = <exercise id>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+DIFFICULTIES = ("recall", "core", "stretch")
+COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+
+
+def repository(config_path: Path | None = None) -> tuple[str, str]:
+    """(GitHub URL, branch) from _config.yml — the one place a fork changes."""
+    import yaml
+
+    config = yaml.safe_load((config_path or ROOT / "_config.yml").read_text(encoding="utf-8"))
+    url = config["repository"]["url"].rstrip("/")
+    if not re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url):
+        raise ValueError(f"_config.yml repository.url must look like https://github.com/OWNER/NAME, got {url!r}")
+    return url, config["repository"].get("branch", "main")
+
+
+def colab_url(url: str, branch: str, notebook: str) -> str:
+    return f"https://colab.research.google.com/github/{url.removeprefix('https://github.com/')}/blob/{branch}/{notebook}"
+
+
+def badge_source(url: str, branch: str, lab_name: str) -> str:
+    # The badge always opens the student lab, also when shown on a solution page.
+    link = colab_url(url, branch, f"labs/{lab_name}")
+    return f"[![Open the student lab in Colab]({COLAB_BADGE_IMAGE})]({link})"
+
+
+def setup_source(url: str) -> str:
+    return f'''# Set-up. On Google Colab: fetch the course, install llmlab and move into the course folder.
+# Anywhere else (your laptop, Binder, the course's tests) this cell does nothing.
+import os, subprocess, sys
+
+COURSE_REPOSITORY = "{url}"
+if "google.colab" in sys.modules and not os.path.isdir("llmlab"):
+    if not os.path.isdir("course"):
+        subprocess.run(["git", "clone", "--depth", "1", COURSE_REPOSITORY, "course"], check=True)
+    os.chdir("course")
+    # Colab already has torch, transformers and datasets; this adds llmlab without replacing them.
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", ".[labs]"], check=True)
+    sys.path.insert(0, os.getcwd())'''
+
+
+def _role(cell) -> str | None:
+    return cell.get("metadata", {}).get("llmlab", {}).get("role")
+
+
+def sync_colab_cells(notebook, lab_name: str, config_path: Path | None = None) -> bool:
+    """Make cells 0 and 1 the badge and set-up cell for this repository; True if anything changed."""
+    url, branch = repository(config_path)
+    wanted = [
+        nbformat.v4.new_markdown_cell(badge_source(url, branch, lab_name), metadata={"llmlab": {"role": "colab-badge"}}),
+        nbformat.v4.new_code_cell(setup_source(url), metadata={"llmlab": {"role": "colab-setup"}}),
+    ]
+    changed = False
+    for index, cell in enumerate(wanted):
+        role = cell.metadata["llmlab"]["role"]
+        existing = notebook.cells[index] if len(notebook.cells) > index else None
+        if existing is not None and _role(existing) == role:
+            if existing.source != cell.source:
+                existing.source = cell.source
+                changed = True
+        else:
+            notebook.cells.insert(index, cell)
+            changed = True
+    return changed
+
+
+def exercise_of(cell) -> dict | None:
+    return cell.get("metadata", {}).get("llmlab", {}).get("exercise")
+
+
+def check_of(cell) -> str | None:
+    return cell.get("metadata", {}).get("llmlab", {}).get("check")
+
+
+def strip_solution(source: str, exercise: dict) -> str:
+    """Replace each BEGIN/END SOLUTION block by a NotImplementedError naming the exercise."""
+    lines = source.split("\n")
+    result, inside = [], False
+    message = f"Exercise {exercise['id']} ({exercise['title']}): write your code here"
+    for line in lines:
+        stripped = line.strip()
+        if stripped == BEGIN:
+            if inside:
+                raise ValueError(f"exercise {exercise['id']}: nested {BEGIN}")
+            inside = True
+            indent = line[: len(line) - len(line.lstrip())]
+            result.append(f'{indent}raise NotImplementedError("{message}")')
+        elif stripped == END:
+            if not inside:
+                raise ValueError(f"exercise {exercise['id']}: {END} without {BEGIN}")
+            inside = False
+        elif not inside:
+            result.append(line)
+    if inside:
+        raise ValueError(f"exercise {exercise['id']}: {BEGIN} without {END}")
+    return "\n".join(result)
+
+
+def validate_exercises(notebook, name: str) -> list[dict]:
+    """The exercises of a solution notebook, after checking markers, metadata and self-check cells."""
+    exercises, seen = [], set()
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    for position, cell in enumerate(code_cells):
+        has_markers = BEGIN in cell.source or END in cell.source
+        exercise = exercise_of(cell)
+        if has_markers and exercise is None:
+            raise ValueError(f"{name}: a cell with solution markers has no metadata.llmlab.exercise:\n{cell.source[:200]}")
+        if exercise is None:
+            continue
+        missing = [key for key in ("id", "title", "points", "difficulty") if key not in exercise]
+        if missing:
+            raise ValueError(f"{name}: exercise {exercise.get('id', '?')} lacks {missing} in its metadata")
+        if exercise["difficulty"] not in DIFFICULTIES:
+            raise ValueError(f"{name}: exercise {exercise['id']} has difficulty {exercise['difficulty']!r}; use one of {DIFFICULTIES}")
+        if exercise["id"] in seen:
+            raise ValueError(f"{name}: exercise id {exercise['id']} is used twice")
+        seen.add(exercise["id"])
+        if not has_markers:
+            raise ValueError(f"{name}: exercise {exercise['id']} has no {BEGIN} / {END} block")
+        following = code_cells[position + 1] if position + 1 < len(code_cells) else None
+        if following is None or check_of(following) != exercise["id"] or "check_" not in following.source:
+            raise ValueError(f"{name}: exercise {exercise['id']} must be followed by its self-check cell (metadata.llmlab.check)")
+        exercises.append(exercise)
+    return exercises
+
+
+def make_lab(solution) -> nbformat.NotebookNode:
+    """The student version: solutions replaced, outputs and run records cleared, all else identical."""
+    lab = copy.deepcopy(solution)
+    for cell in lab.cells:
+        if cell.cell_type != "code":
+            continue
+        exercise = exercise_of(cell)
+        if exercise is not None:
+            cell.source = strip_solution(cell.source, exercise)
+        cell.outputs = []
+        cell.execution_count = None
+        cell.metadata.pop("execution", None)
+    lab.metadata.get("llmlab", {}).pop("runs", None)
+    return lab
+
+
+def solution_paths() -> list[Path]:
+    return sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
+
+
+def write_labs() -> list[Path]:
+    """Sync the Colab cells in every solution, then write labs/ from solutions/. Returns files written."""
+    written = []
+    (ROOT / "labs").mkdir(exist_ok=True)
+    for path in solution_paths():
+        solution = nbformat.read(path, as_version=4)
+        if sync_colab_cells(solution, path.name):
+            nbformat.write(solution, path)
+            written.append(path)
+        validate_exercises(solution, path.name)
+        lab_path = ROOT / "labs" / path.name
+        text = nbformat.writes(make_lab(solution)) + "\n"
+        if not lab_path.exists() or lab_path.read_text(encoding="utf-8") != text:
+            lab_path.write_text(text, encoding="utf-8")
+            written.append(lab_path)
+    orphans = sorted({p.name for p in (ROOT / "labs").glob("*.ipynb")} - {p.name for p in solution_paths()})
+    for name in orphans:
+        (ROOT / "labs" / name).unlink()
+        written.append(ROOT / "labs" / name)
+    return written
+
+
+def out_of_date() -> list[str]:
+    """What `labs` would change, without changing it."""
+    problems = []
+    for path in solution_paths():
+        solution = nbformat.read(path, as_version=4)
+        if sync_colab_cells(copy.deepcopy(solution), path.name):
+            problems.append(f"{path.name}: Colab badge or set-up cell does not match _config.yml")
+        validate_exercises(solution, path.name)
+        lab_path = ROOT / "labs" / path.name
+        expected = nbformat.writes(make_lab(solution)) + "\n"
+        if not lab_path.exists() or lab_path.read_text(encoding="utf-8") != expected:
+            problems.append(f"labs/{path.name} is not what solutions/{path.name} generates")
+    return problems
+
+
+def exercises_by_lab() -> dict[str, list[dict]]:
+    """{lab file name: its exercises' metadata}, for the instructors' page and the grader."""
+    return {path.name: validate_exercises(nbformat.read(path, as_version=4), path.name) for path in solution_paths()}
+
+
+def recorded_runs() -> dict[str, dict[str, dict]]:
+    """{lab file name: {preset: {seconds, machine, date, outputs_committed}}} as recorded by `execute`."""
+    return {
+        path.name: nbformat.read(path, as_version=4).metadata.get("llmlab", {}).get("runs", {})
+        for path in solution_paths()
+    }
+
+
+def machine_description() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} GPU"
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores"
+
+
+def final_progress_lines(text: str) -> str:
+    """Keep only what a terminal would show: text overwritten by a carriage return is dropped."""
+    return "\n".join(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r") for line in text.split("\n"))
+
+
+def execute(path: Path, preset: str, timeout: int = 1800) -> float:
+    """Run a solution notebook top to bottom with LLMLAB_PRESET=preset and record how long it took.
+
+    A cpu or gpu run keeps its outputs in the notebook (they are what the book shows);
+    a smoke run records only its time and leaves the committed outputs alone.
+    """
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(path, as_version=4)
+    previous = os.environ.get("LLMLAB_PRESET")
+    os.environ["LLMLAB_PRESET"] = preset
+    try:
+        started = time.perf_counter()
+        NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        seconds = time.perf_counter() - started
+    finally:
+        if previous is None:
+            os.environ.pop("LLMLAB_PRESET", None)
+        else:
+            os.environ["LLMLAB_PRESET"] = previous
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                output["text"] = final_progress_lines(output["text"])
+    target = notebook if preset != "smoke" else nbformat.read(path, as_version=4)
+    runs = target.metadata.setdefault("llmlab", {}).setdefault("runs", {})
+    runs[preset] = {
+        "seconds": round(seconds, 1),
+        "machine": machine_description(),
+        "date": datetime.date.today().isoformat(),
+        "outputs_committed": preset != "smoke",
+    }
+    nbformat.write(target, path)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmlab.notebooks", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("labs", help="write labs/ from solutions/ (and sync Colab cells)")
+    commands.add_parser("check", help="fail if labs/ or Colab cells are out of date")
+    run = commands.add_parser("execute", help="run solution notebooks in place with a preset and record the time")
+    run.add_argument("notebooks", nargs="+", type=Path)
+    run.add_argument("--preset", required=True, choices=("smoke", "cpu", "gpu"))
+    arguments = parser.parse_args(argv)
+
+    if arguments.command == "labs":
+        written = write_labs()
+        print("\n".join(f"wrote {p.relative_to(ROOT)}" for p in written) or "labs/ already up to date")
+    elif arguments.command == "check":
+        problems = out_of_date()
+        if problems:
+            print("\n".join(problems) + "\nrun `make labs` to regenerate", file=sys.stderr)
+            return 1
+        print("labs/ and Colab cells are up to date")
+    else:
+        for path in arguments.notebooks:
+            seconds = execute(path.resolve(), arguments.preset)
+            print(f"{path}: preset {arguments.preset}, {seconds:.1f} s on {machine_description()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

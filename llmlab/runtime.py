@@ -1,0 +1,171 @@
+"""Where a lab runs: preset, device, precision, seeds and the versions it ran with."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+PRESETS = ("smoke", "cpu", "gpu")
+PRESET_HELP = "smoke = seconds (what the tests run), cpu = a few minutes on a laptop, gpu = a Colab T4"
+
+
+def preset_name() -> str:
+    """The preset asked for in LLMLAB_PRESET, else gpu with a CUDA GPU, else cpu."""
+    name = os.environ.get("LLMLAB_PRESET", "").strip().lower()
+    if not name:
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset LLMLAB_PRESET={name!r}; valid presets: {', '.join(PRESETS)} ({PRESET_HELP})")
+    return name
+
+
+def pick_device() -> torch.device:
+    """CUDA when present, else CPU. Apple MPS only on request (LLMLAB_ALLOW_MPS=1).
+
+    MPS has trained silently wrong in other courses' labs, so it is never chosen
+    behind the learner's back.
+    """
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if os.environ.get("LLMLAB_ALLOW_MPS") == "1" and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How matrix products run: the autocast dtype (None = full fp32) and whether a loss scaler is needed."""
+
+    dtype: torch.dtype | None
+    needs_loss_scaling: bool
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+
+def pick_precision(device: torch.device) -> Precision:
+    """bf16 on GPUs of compute capability ≥ 8.0; fp16 + loss scaling below (a T4 is 7.5 and has no fast bf16); fp32 elsewhere."""
+    if device.type != "cuda":
+        return Precision(None, False)
+    major, _ = torch.cuda.get_device_capability(device)
+    if major >= 8:
+        return Precision(torch.bfloat16, False)
+    return Precision(torch.float16, True)
+
+
+def autocast(device: torch.device, precision: Precision):
+    """A context that runs the forward pass in the chosen precision (a no-op for fp32)."""
+    if precision.dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=precision.dtype)
+
+
+def grad_scaler(device: torch.device, precision: Precision) -> torch.amp.GradScaler:
+    """A GradScaler that is active only where fp16 needs it (otherwise it passes gradients through)."""
+    return torch.amp.GradScaler(device.type, enabled=precision.needs_loss_scaling)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch so a CPU run repeats exactly; returns a torch generator for data sampling."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass
+class LabRun:
+    """What a lab prints first and last: preset, device, precision, versions, elapsed time."""
+
+    lab: str
+    preset: str
+    device: torch.device
+    precision: Precision
+    config: dict
+    started: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def summary(self) -> str:
+        return (
+            f"{self.lab}: preset {self.preset!r} on {describe_device(self.device)}, {self.precision.name}; "
+            f"{self.elapsed():.1f} s since start_lab"
+        )
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+    return device.type
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries the labs depend on (those that are importable)."""
+    import importlib.metadata as metadata
+
+    versions = {"python": sys.version.split()[0]}
+    for name in ("llmlab", "torch", "numpy", "transformers", "datasets", "matplotlib", "tqdm"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def start_lab(lab: str, seed: int = 0) -> tuple[dict, LabRun]:
+    """Pick the preset, device and precision for a lab, seed everything and print what was chosen.
+
+    The settings come from ``llmlab.presets.LAB_PRESETS[lab]``.
+    Returns (settings, run) where run.summary() reports the elapsed time at the end.
+    """
+    from llmlab.presets import LAB_PRESETS
+
+    if lab not in LAB_PRESETS:
+        raise KeyError(f"no presets for lab {lab!r}; labs with presets: {', '.join(sorted(LAB_PRESETS))}")
+    presets = LAB_PRESETS[lab]
+    missing = [name for name in PRESETS if name not in presets]
+    if missing:
+        raise ValueError(f"{lab}: presets {missing} are missing; every lab defines {', '.join(PRESETS)}")
+    name = preset_name()
+    device = pick_device()
+    if name == "gpu" and device.type != "cuda":
+        print("note: preset 'gpu' on a machine without CUDA; it will run, slowly, on", device.type)
+    precision = pick_precision(device)
+    seed_everything(seed)
+    config = dict(presets[name])
+    run = LabRun(lab=lab, preset=name, device=device, precision=precision, config=config)
+    versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
+    print(f"{lab} | preset {name} | device {describe_device(device)} | precision {precision.name} | seed {seed}")
+    print(f"versions: {versions}")
+    print("settings:", ", ".join(f"{k}={v}" for k, v in config.items()))
+    return config, run
+
+
+def measure_seconds(fn, device: torch.device, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds, waiting for the GPU to finish each call."""
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        fn()
+    synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))

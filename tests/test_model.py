@@ -1,0 +1,95 @@
+"""The small GPT, the training loop and the reversal task of Lab 2."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from llmlab.model import GPT, GPTConfig
+from llmlab.tasks import ReversalTask
+from llmlab.training import cosine_learning_rate, train
+
+
+def test_reversal_batches_mask_the_question():
+    task = ReversalTask(length=4, n_symbols=5)
+    inputs, targets = task.batch(3, torch.Generator().manual_seed(0))
+    assert inputs.shape == targets.shape == (3, 8)
+    assert (inputs[:, 4] == task.separator).all()
+    assert (targets[:, :4] == -100).all()
+    assert torch.equal(targets[:, 4:], inputs[:, :4].flip(1))
+    with pytest.raises(ValueError, match="length"):
+        ReversalTask(length=0)
+
+
+def test_gpt_shapes_errors_and_tied_weights():
+    config = GPTConfig(vocab_size=11, context=8, d_model=16, n_heads=2, n_layers=2)
+    model = GPT(config)
+    tokens = torch.randint(0, 11, (3, 8))
+    logits, loss = model(tokens, tokens)
+    assert logits.shape == (3, 8, 11) and loss.ndim == 0
+    assert model.lm_head.weight is model.token_embedding.weight
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        model(torch.randint(0, 11, (1, 9)))
+    with pytest.raises(ValueError, match="batch, positions"):
+        model(torch.randint(0, 11, (8,)))
+    rotary = GPT(GPTConfig(vocab_size=11, context=8, d_model=16, n_heads=2, rotary=True))
+    assert rotary.position_embedding is None
+    assert rotary.parameter_count() == model.parameter_count() - 8 * 16
+
+
+def test_untrained_loss_is_near_uniform():
+    model = GPT(GPTConfig(vocab_size=11, context=8, d_model=32, n_heads=4))
+    # Targets independent of the inputs: with tied embeddings, predicting the input token itself would score better.
+    tokens, targets = torch.randint(0, 11, (2, 64, 8)).unbind(0)
+    _, loss = model(tokens, targets)
+    assert abs(loss.item() - math.log(11)) < 0.2
+
+
+def test_learning_rate_schedule():
+    assert cosine_learning_rate(0, 100, 1.0, 10) == pytest.approx(0.1)
+    assert cosine_learning_rate(9, 100, 1.0, 10) == pytest.approx(1.0)
+    assert cosine_learning_rate(55, 100, 1.0, 10) == pytest.approx(0.55)
+    assert cosine_learning_rate(100, 100, 1.0, 10) == pytest.approx(0.1)
+
+
+def test_training_learns_to_reverse():
+    torch.manual_seed(0)
+    task = ReversalTask(length=6)
+    model = GPT(GPTConfig(vocab_size=task.vocab_size, context=task.context, d_model=32, n_heads=4, n_layers=2))
+    generator = torch.Generator().manual_seed(1)
+    before = task.accuracy(model, generator=torch.Generator().manual_seed(2))
+    history = train(model, lambda: task.batch(32, generator), steps=150, learning_rate=3e-3, device=torch.device("cpu"),
+                    evaluate=lambda: task.accuracy(model, 256, torch.Generator().manual_seed(2)), eval_every=50)
+    after = history.evals[-1]
+    assert before["token_accuracy"] < 0.3
+    assert after["token_accuracy"] > 0.95, after
+    assert history.losses[-1] < history.losses[0] / 5
+    assert history.eval_steps == [0, 50, 100, 149]
+
+
+def test_mirror_share_finds_the_reversing_pattern():
+    task = ReversalTask(length=3)
+    n = 2 * task.length
+    perfect = torch.zeros(1, 2, n, n)
+    for query in range(task.length, n):
+        perfect[0, 0, query, n - 1 - query] = 1.0
+    perfect[0, 1] = torch.eye(n)
+    shares = task.mirror_share(perfect)
+    assert shares.tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="expected weights"):
+        task.mirror_share(torch.zeros(2, 5, 5))
+
+
+def test_training_stops_on_a_non_finite_loss():
+    model = GPT(GPTConfig(vocab_size=5, context=4, d_model=8, n_heads=2, n_layers=1))
+    tokens = torch.randint(0, 5, (2, 4))
+
+    def poisoned_batch():
+        with torch.no_grad():
+            model.token_embedding.weight.fill_(float("nan"))
+        return tokens, tokens
+
+    with pytest.raises(FloatingPointError, match="loss became nan"):
+        train(model, poisoned_batch, steps=3, learning_rate=1e-3, device=torch.device("cpu"))

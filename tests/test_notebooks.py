@@ -1,0 +1,175 @@
+"""The lab machinery: labs generated from solutions, exercises with self-checks, Colab cells from _config.yml."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from llmlab import notebooks
+from llmlab.presets import LAB_PRESETS
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS = notebooks.solution_paths()
+
+
+def read(path: Path):
+    return nbformat.read(path, as_version=4)
+
+
+def solution_lines(notebook) -> list[str]:
+    """Every line between BEGIN and END SOLUTION markers, stripped."""
+    lines, inside = [], False
+    for cell in notebook.cells:
+        for line in cell.source.split("\n"):
+            if line.strip() == notebooks.BEGIN:
+                inside = True
+            elif line.strip() == notebooks.END:
+                inside = False
+            elif inside and line.strip():
+                lines.append(line.strip())
+    return lines
+
+
+def test_there_is_at_least_one_lab():
+    assert SOLUTIONS, "no solutions/NN_name.ipynb found"
+
+
+def test_labs_are_in_step_with_solutions():
+    problems = notebooks.out_of_date()
+    assert not problems, "\n".join(problems) + "\nrun `make labs`"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_no_solution_line_leaks_into_the_lab(path):
+    solution = read(path)
+    lab = read(ROOT / "labs" / path.name)
+    lab_code = "\n".join(cell.source for cell in lab.cells if cell.cell_type == "code")
+    assert notebooks.BEGIN not in lab_code and notebooks.END not in lab_code
+    # Short lines such as `return x` or `else:` may legitimately appear elsewhere in the lab.
+    distinctive = [line for line in solution_lines(solution) if len(line) >= 25]
+    assert distinctive, f"{path.name}: no solution lines found"
+    solution_code_outside_blocks = "\n".join(
+        cell.source for cell in solution.cells if cell.cell_type == "code" and notebooks.exercise_of(cell) is None
+    )
+    leaked = [line for line in distinctive if line in lab_code and line not in solution_code_outside_blocks]
+    assert not leaked, f"labs/{path.name} contains solution lines: {leaked[:3]}"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_labs_have_no_outputs_and_name_each_exercise(path):
+    lab = read(ROOT / "labs" / path.name)
+    for cell in lab.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None
+    for exercise in notebooks.exercises_by_lab()[path.name]:
+        assert f"Exercise {exercise['id']} ({exercise['title']})" in "\n".join(c.source for c in lab.cells)
+    assert "runs" not in lab.metadata.get("llmlab", {})
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_every_exercise_has_metadata_and_a_self_check_cell(path):
+    exercises = notebooks.validate_exercises(read(path), path.name)
+    assert exercises, f"{path.name} has no exercises"
+    for exercise in exercises:
+        assert isinstance(exercise["points"], int) and exercise["points"] > 0
+        assert re.fullmatch(r"\d\d\.\d+", exercise["id"]), exercise["id"]
+        assert exercise["id"].startswith(path.name[:2])
+
+
+def _exercise_notebook(check_follows: bool = True, metadata: bool = True, end_marker: bool = True):
+    source = "def f():\n    ### BEGIN SOLUTION\n    return 42\n" + ("    ### END SOLUTION" if end_marker else "")
+    meta = {"llmlab": {"exercise": {"id": "99.1", "title": "answer", "points": 1, "difficulty": "recall"}}} if metadata else {}
+    cells = [nbformat.v4.new_code_cell(source, metadata=meta)]
+    if check_follows:
+        cells.append(nbformat.v4.new_code_cell("checks.check_answer(f)", metadata={"llmlab": {"check": "99.1"}}))
+    return nbformat.v4.new_notebook(cells=cells)
+
+
+def test_validation_rejects_broken_exercises():
+    notebooks.validate_exercises(_exercise_notebook(), "ok.ipynb")
+    with pytest.raises(ValueError, match="self-check"):
+        notebooks.validate_exercises(_exercise_notebook(check_follows=False), "x.ipynb")
+    with pytest.raises(ValueError, match="no metadata"):
+        notebooks.validate_exercises(_exercise_notebook(metadata=False), "x.ipynb")
+
+
+def test_strip_solution_keeps_indentation_and_names_the_exercise():
+    notebook = _exercise_notebook()
+    exercise = notebooks.exercise_of(notebook.cells[0])
+    stripped = notebooks.strip_solution(notebook.cells[0].source, exercise)
+    assert stripped == 'def f():\n    raise NotImplementedError("Exercise 99.1 (answer): write your code here")'
+    with pytest.raises(ValueError, match="without"):
+        notebooks.strip_solution(_exercise_notebook(end_marker=False).cells[0].source, exercise)
+
+
+def test_colab_badge_and_setup_cell_match_config():
+    url, branch = notebooks.repository()
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert url == config["repository"]["url"].rstrip("/")
+    for path in SOLUTIONS:
+        for notebook in (read(path), read(ROOT / "labs" / path.name)):
+            badge, setup = notebook.cells[0], notebook.cells[1]
+            student_lab = notebooks.colab_url(url, branch, f"labs/{path.name}")
+            assert badge.cell_type == "markdown" and f"]({student_lab})" in badge.source
+            assert "solutions/" not in badge.source, "the badge must open the student lab, never the solution"
+            assert setup.cell_type == "code" and f'COURSE_REPOSITORY = "{url}"' in setup.source
+
+
+def test_a_fork_changes_one_line(tmp_path):
+    """Changing repository.url in _config.yml is all it takes for badge and set-up cell to follow."""
+    config = (ROOT / "_config.yml").read_text()
+    url, _ = notebooks.repository()
+    fork_config = tmp_path / "_config.yml"
+    fork_config.write_text(config.replace(url, "https://github.com/someone/fork"))
+    notebook = read(SOLUTIONS[0])
+    assert notebooks.sync_colab_cells(notebook, SOLUTIONS[0].name, fork_config)
+    assert "colab.research.google.com/github/someone/fork/blob/" in notebook.cells[0].source
+    assert 'COURSE_REPOSITORY = "https://github.com/someone/fork"' in notebook.cells[1].source
+    assert not notebooks.sync_colab_cells(notebook, SOLUTIONS[0].name, fork_config)
+
+
+def test_setup_cell_does_nothing_outside_colab(tmp_path):
+    url, _ = notebooks.repository()
+    script = notebooks.setup_source(url) + "\nprint(os.getcwd())"
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path)
+    assert list(tmp_path.iterdir()) == [], "the set-up cell created files outside Colab"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_solution_outputs_come_from_one_real_cpu_or_gpu_run(path):
+    notebook = read(path)
+    runs = notebook.metadata.get("llmlab", {}).get("runs", {})
+    shown = [preset for preset, run in runs.items() if run.get("outputs_committed")]
+    assert shown and set(shown) <= {"cpu", "gpu"}, f"{path.name}: outputs must come from a cpu or gpu run, found {runs}"
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    counts = [cell.execution_count for cell in code_cells]
+    assert counts == list(range(1, len(code_cells) + 1)), f"{path.name}: cells were not run once, top to bottom"
+    first_output = "".join(o.get("text", "") for o in code_cells[1].outputs)
+    assert any(f"| preset {preset} |" in first_output for preset in shown), "the printed preset differs from the recorded run"
+    assert any("image/png" in o.get("data", {}) for cell in code_cells for o in cell.outputs), f"{path.name}: no plot in the outputs"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_lab_reads_its_own_presets(path):
+    source = "\n".join(cell.source for cell in read(path).cells)
+    assert f'start_lab("{path.stem}")' in source
+    assert set(LAB_PRESETS[path.stem]) == {"smoke", "cpu", "gpu"}
+
+
+def test_chapter_files_share_number_and_name_and_toc_lists_only_existing_pages():
+    toc = (ROOT / "_toc.yml").read_text()
+    files = re.findall(r"file:\s*(\S+)", toc)
+    for entry in files:
+        assert any((ROOT / f"{entry}{suffix}").is_file() for suffix in (".md", ".ipynb")), f"_toc.yml lists missing page {entry}"
+    for path in SOLUTIONS:
+        assert (ROOT / "labs" / path.name).is_file()
+        assert (ROOT / "book" / f"{path.stem}.md").is_file(), f"solutions/{path.name} has no book/{path.stem}.md"
+        assert f"solutions/{path.stem}" in files and f"book/{path.stem}" in files

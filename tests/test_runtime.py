@@ -1,0 +1,90 @@
+"""Presets, device and precision choice, seeding, timing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmlab import runtime
+from llmlab.presets import LAB_PRESETS
+
+
+def test_preset_from_environment(monkeypatch):
+    monkeypatch.setenv("LLMLAB_PRESET", "CPU ")
+    assert runtime.preset_name() == "cpu"
+
+
+def test_default_preset_follows_cuda(monkeypatch):
+    monkeypatch.delenv("LLMLAB_PRESET", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.preset_name() == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.preset_name() == "gpu"
+
+
+def test_unknown_preset_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("LLMLAB_PRESET", "fast")
+    with pytest.raises(ValueError) as error:
+        runtime.preset_name()
+    message = str(error.value)
+    assert "'fast'" in message and all(name in message for name in ("smoke", "cpu", "gpu"))
+    assert "\n" not in message
+
+
+def test_every_lab_defines_all_presets_with_the_same_keys():
+    for lab, presets in LAB_PRESETS.items():
+        assert set(presets) == set(runtime.PRESETS), lab
+        keys = {name: set(settings) for name, settings in presets.items()}
+        assert keys["smoke"] == keys["cpu"] == keys["gpu"], f"{lab}: presets differ in their keys"
+
+
+def test_mps_only_when_asked(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.delenv("LLMLAB_ALLOW_MPS", raising=False)
+    assert runtime.pick_device().type == "cpu"
+    monkeypatch.setenv("LLMLAB_ALLOW_MPS", "1")
+    assert runtime.pick_device().type == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.pick_device().type == "cuda"
+
+
+@pytest.mark.parametrize(
+    "capability, dtype, scaling",
+    [((7, 5), torch.float16, True), ((8, 0), torch.bfloat16, False), ((9, 0), torch.bfloat16, False), ((6, 1), torch.float16, True)],
+)
+def test_precision_by_compute_capability(monkeypatch, capability, dtype, scaling):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    precision = runtime.pick_precision(torch.device("cuda"))
+    assert precision.dtype is dtype and precision.needs_loss_scaling is scaling
+
+
+def test_cpu_runs_in_full_precision_without_scaler():
+    precision = runtime.pick_precision(torch.device("cpu"))
+    assert precision.name == "fp32" and not precision.needs_loss_scaling
+    assert not runtime.grad_scaler(torch.device("cpu"), precision).is_enabled()
+
+
+def test_seeding_repeats_exactly():
+    first = runtime.seed_everything(3)
+    a = (torch.randn(5), torch.randint(0, 100, (5,), generator=first))
+    second = runtime.seed_everything(3)
+    b = (torch.randn(5), torch.randint(0, 100, (5,), generator=second))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_start_lab_prints_what_it_chose(monkeypatch, capsys):
+    monkeypatch.setenv("LLMLAB_PRESET", "smoke")
+    settings, run = runtime.start_lab("02_attention")
+    printed = capsys.readouterr().out
+    assert settings == LAB_PRESETS["02_attention"]["smoke"]
+    assert "preset smoke" in printed and "torch" in printed and "versions:" in printed
+    assert run.preset == "smoke" and "preset 'smoke'" in run.summary()
+    with pytest.raises(KeyError, match="no presets for lab"):
+        runtime.start_lab("99_missing")
+
+
+def test_measure_seconds_reports_a_median():
+    calls = []
+    seconds = runtime.measure_seconds(lambda: calls.append(1), torch.device("cpu"), repeats=3, warmup=2)
+    assert len(calls) == 5 and 0 <= seconds < 0.1
