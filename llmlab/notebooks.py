@@ -77,15 +77,16 @@ def sync_colab_cells(notebook, lab_name: str, config_path: Path | None = None) -
     url, branch = repository(config_path)
     wanted = [
         nbformat.v4.new_markdown_cell(badge_source(url, branch, lab_name), metadata={"llmlab": {"role": "colab-badge"}}),
-        nbformat.v4.new_code_cell(setup_source(url), metadata={"llmlab": {"role": "colab-setup"}}),
+        # Collapsed on the book's pages: readers of the website need not run it.
+        nbformat.v4.new_code_cell(setup_source(url), metadata={"llmlab": {"role": "colab-setup"}, "tags": ["hide-input"]}),
     ]
     changed = False
     for index, cell in enumerate(wanted):
         role = cell.metadata["llmlab"]["role"]
         existing = notebook.cells[index] if len(notebook.cells) > index else None
         if existing is not None and _role(existing) == role:
-            if existing.source != cell.source:
-                existing.source = cell.source
+            if existing.source != cell.source or existing.metadata != cell.metadata:
+                existing.source, existing.metadata = cell.source, cell.metadata
                 changed = True
         else:
             notebook.cells.insert(index, cell)
