@@ -17,6 +17,7 @@ CHECKSUMS = {
     "banking77/train.csv": "b06e26ac675513959a63135f11b94ea7786ed02da65db93a5650d8838cbc664b",
     "banking77/test.csv": "d12d6e3bc4c3103966ae786dc435913c0c563dfa328f5a3646d0e62cfeeb474d",
     "banking77/categories.json": "53261da888122daf2d120d925458631d9619e15d82e56052e7a42e535ce32b63",
+    "banking77/answers.csv": "38492c4a417e499e6ff7d6f6a290287e24f5a97f5e02261d54766a58a5ce2e5e",
 }
 
 

@@ -23,13 +23,17 @@ def tiny_gpt2(d_model: int = 64, n_heads: int = 4, n_layers: int = 1, n_position
     return GPT2Model(config).eval()
 
 
-def copy_gpt2_attention_weights(gpt2_attention, ours) -> None:
-    """Copy a GPT2Attention's c_attn / c_proj into a module with ``qkv`` and ``out`` nn.Linear layers."""
+def copy_gpt2_attention_weights(gpt2_attention, ours, to_gpt2: bool = False) -> None:
+    """Copy a GPT2Attention's c_attn / c_proj into a module with ``qkv`` and ``out`` nn.Linear layers (or back)."""
+    pairs = [(gpt2_attention.c_attn, ours.qkv), (gpt2_attention.c_proj, ours.out)]
     with torch.no_grad():
-        ours.qkv.weight.copy_(gpt2_attention.c_attn.weight.T)
-        ours.qkv.bias.copy_(gpt2_attention.c_attn.bias)
-        ours.out.weight.copy_(gpt2_attention.c_proj.weight.T)
-        ours.out.bias.copy_(gpt2_attention.c_proj.bias)
+        for conv1d, linear in pairs:
+            if to_gpt2:
+                conv1d.weight.copy_(linear.weight.T)
+                conv1d.bias.copy_(linear.bias)
+            else:
+                linear.weight.copy_(conv1d.weight.T)
+                linear.bias.copy_(conv1d.bias)
 
 
 def attention_block_io(gpt2_model, token_ids: torch.Tensor, layer: int = 0):
@@ -59,3 +63,44 @@ def compare_with_gpt2_attention(attention_cls, d_model: int = 64, n_heads: int =
     with torch.no_grad():
         mine = ours(block_input)
     return (mine - block_output).abs().max().item()
+
+
+def gpt2_config_for(config):
+    """The GPT2Config with the same shape as an llmlab GPTConfig (learned positions, exact GELU, no dropout)."""
+    from transformers import GPT2Config
+
+    if config.rotary:
+        raise ValueError("GPT-2 has learned positions only; build the llmlab model with rotary=False to compare")
+    if not config.bias:
+        raise ValueError("GPT-2's layers all have biases; build the llmlab model with bias=True to compare")
+    return GPT2Config(
+        vocab_size=config.vocab_size, n_positions=config.context, n_embd=config.d_model, n_layer=config.n_layers,
+        n_head=config.n_heads, n_inner=4 * config.d_model, activation_function="gelu", layer_norm_epsilon=1e-5,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=config.tie_weights,
+        bos_token_id=config.vocab_size - 1, eos_token_id=config.vocab_size - 1,
+    )
+
+
+def to_gpt2_lm_head_model(model):
+    """A ``transformers`` GPT2LMHeadModel holding exactly the weights of an llmlab GPT."""
+    from transformers import GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(gpt2_config_for(model.config)).eval()
+    with torch.no_grad():
+        gpt2.transformer.wte.weight.copy_(model.token_embedding.weight)
+        gpt2.transformer.wpe.weight.copy_(model.position_embedding.weight)
+        for ours, theirs in zip(model.blocks, gpt2.transformer.h):
+            theirs.ln_1.weight.copy_(ours.norm_attention.weight)
+            theirs.ln_1.bias.copy_(ours.norm_attention.bias)
+            copy_gpt2_attention_weights(theirs.attn, ours.attention, to_gpt2=True)
+            theirs.ln_2.weight.copy_(ours.norm_mlp.weight)
+            theirs.ln_2.bias.copy_(ours.norm_mlp.bias)
+            theirs.mlp.c_fc.weight.copy_(ours.mlp.up.weight.T)
+            theirs.mlp.c_fc.bias.copy_(ours.mlp.up.bias)
+            theirs.mlp.c_proj.weight.copy_(ours.mlp.down.weight.T)
+            theirs.mlp.c_proj.bias.copy_(ours.mlp.down.bias)
+        gpt2.transformer.ln_f.weight.copy_(model.final_norm.weight)
+        gpt2.transformer.ln_f.bias.copy_(model.final_norm.bias)
+        if not model.config.tie_weights:
+            gpt2.lm_head.weight.copy_(model.lm_head.weight)
+    return gpt2

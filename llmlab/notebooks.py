@@ -237,6 +237,28 @@ def final_progress_lines(text: str) -> str:
     return "\n".join(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r") for line in text.split("\n"))
 
 
+def tidy_outputs(notebook) -> None:
+    """Merge each cell's consecutive stream outputs and keep the final state of progress bars.
+
+    A progress bar sends one output per update; a page should show only the finished bar.
+    """
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        merged = []
+        for output in cell.get("outputs", []):
+            previous = merged[-1] if merged else None
+            if output.get("output_type") == "stream" and previous is not None and previous.get("output_type") == "stream" \
+                    and previous.get("name") == output.get("name"):
+                previous["text"] += output["text"]
+            else:
+                merged.append(output)
+        for output in merged:
+            if output.get("output_type") == "stream":
+                output["text"] = final_progress_lines(output["text"])
+        cell.outputs = merged
+
+
 def execute(path: Path, preset: str, timeout: int = 1800) -> float:
     """Run a solution notebook top to bottom with LLMLAB_PRESET=preset and record how long it took.
 
@@ -257,10 +279,7 @@ def execute(path: Path, preset: str, timeout: int = 1800) -> float:
             os.environ.pop("LLMLAB_PRESET", None)
         else:
             os.environ["LLMLAB_PRESET"] = previous
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "stream":
-                output["text"] = final_progress_lines(output["text"])
+    tidy_outputs(notebook)
     target = notebook if preset != "smoke" else nbformat.read(path, as_version=4)
     runs = target.metadata.setdefault("llmlab", {}).setdefault("runs", {})
     runs[preset] = {

@@ -173,3 +173,25 @@ def test_chapter_files_share_number_and_name_and_toc_lists_only_existing_pages()
         assert (ROOT / "labs" / path.name).is_file()
         assert (ROOT / "book" / f"{path.stem}.md").is_file(), f"solutions/{path.name} has no book/{path.stem}.md"
         assert f"solutions/{path.stem}" in files and f"book/{path.stem}" in files
+
+
+def test_tidy_outputs_keeps_only_finished_progress_bars():
+    cell = nbformat.v4.new_code_cell("loop()")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text="\rtraining:  10%|#"),
+        nbformat.v4.new_output("stream", name="stderr", text="\rtraining:  50%|#####"),
+        nbformat.v4.new_output("stream", name="stderr", text="\rtraining: 100%|##########\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="done\n"),
+    ]
+    notebook = nbformat.v4.new_notebook(cells=[cell])
+    notebooks.tidy_outputs(notebook)
+    assert [o["text"] for o in notebook.cells[0].outputs] == ["training: 100%|##########\n", "done\n"]
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_committed_outputs_are_tidy(path):
+    notebook = read(path)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            kinds = [(o.get("output_type"), o.get("name")) for o in cell.outputs]
+            assert all(a != b or a[0] != "stream" for a, b in zip(kinds, kinds[1:])), f"{path.name}: untidy stream outputs"

@@ -1,0 +1,36 @@
+"""Reproduce the course's headline measurements from the command line.
+
+    python -m llmlab.bench pretrain --preset cpu   # Lab 3: seconds to each validation milestone, final val loss
+    python -m llmlab.bench finetune --preset cpu   # Lab 4: the best cpu recipe's test accuracy, macro-F1, seconds
+
+Each benchmark prints what it measured and the machine it ran on; nothing is read
+from a file of earlier results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+BENCHMARKS = {
+    "pretrain": ("llmlab.pretraining", "benchmark"),
+    "finetune": ("llmlab.intents", "benchmark"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmlab.bench", description="Run a course benchmark and print what it measured.")
+    parser.add_argument("benchmark", choices=sorted(BENCHMARKS))
+    parser.add_argument("--preset", choices=("smoke", "cpu", "gpu"), default=None, help="default: as LLMLAB_PRESET, else gpu with CUDA, else cpu")
+    arguments = parser.parse_args(argv)
+    module_name, function_name = BENCHMARKS[arguments.benchmark]
+    module = importlib.import_module(module_name)
+    from llmlab.runtime import preset_name
+
+    getattr(module, function_name)(arguments.preset or preset_name())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
