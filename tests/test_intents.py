@@ -1,0 +1,206 @@
+"""The intent classifier of Lab 4: three recipes, predictions, save/load, clear errors, metrics, LoRA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from llmlab import intents as routing
+from llmlab import metrics_classification as metrics
+from llmlab.lora import LoRALinear, lora_parameter_count
+
+INTENTS = ["card_arrival", "exchange_rate", "lost_or_stolen_card"]
+TEXTS = [
+    "When will my new card arrive?", "My card still has not come in the post", "How long does card delivery take?",
+    "Is my card on its way?",
+    "What is today's euro to dollar rate?", "Which exchange rate do you use?", "How much is one pound in yen?",
+    "Do you convert currencies at a fair rate?",
+    "I lost my card", "Someone stole my wallet with my card in it", "My card is gone, please block it",
+    "I cannot find my card anywhere",
+]
+LABELS = [0] * 4 + [1] * 4 + [2] * 4
+NEW_MESSAGES = ["my card hasn't arrived yet", "what rate for dollars to euros", "help, my card was stolen"]
+
+
+@pytest.fixture(scope="module")
+def frozen():
+    return routing.train_intent_classifier(TEXTS, LABELS, INTENTS, recipe="frozen", device="cpu")
+
+
+def test_frozen_recipe_learns_the_toy_intents(frozen):
+    predictions = frozen.predict(NEW_MESSAGES)
+    assert [intent for intent, _ in predictions] == INTENTS
+    assert all(0.0 <= confidence <= 1.0 for _, confidence in predictions)
+    probabilities = frozen.predict_proba(NEW_MESSAGES)
+    assert probabilities.shape == (3, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-9)
+    assert frozen.intents == INTENTS and frozen.trainable_parameters == 3 * 384 + 3
+
+
+def test_frozen_head_equals_scikit_learn_and_reuses_embeddings(frozen):
+    from sklearn.linear_model import LogisticRegression
+
+    embeddings = routing.embed_texts(TEXTS, device="cpu", progress=False)
+    assert embeddings.shape == (12, 384)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    reference = LogisticRegression(C=20.0, max_iter=300).fit(embeddings, LABELS)
+    again = routing.train_intent_classifier(TEXTS, LABELS, INTENTS, recipe="frozen", device="cpu", embeddings=embeddings)
+    np.testing.assert_allclose(again.predict_proba(NEW_MESSAGES),
+                               reference.predict_proba(routing.embed_texts(NEW_MESSAGES, "cpu", progress=False)), atol=1e-4)
+    np.testing.assert_allclose(again.predict_proba(TEXTS), frozen.predict_proba(TEXTS), atol=1e-5)
+
+
+def test_order_and_batching_do_not_change_predictions(frozen):
+    texts = TEXTS + NEW_MESSAGES
+    whole = frozen.predict_proba(texts, batch_size=64)
+    in_pairs = frozen.predict_proba(texts, batch_size=2)
+    np.testing.assert_allclose(whole, in_pairs, atol=1e-5)
+    reversed_order = frozen.predict_proba(texts[::-1])
+    np.testing.assert_allclose(whole, reversed_order[::-1], atol=1e-5)
+
+
+def test_intents_absent_from_training_are_never_predicted():
+    classifier = routing.train_intent_classifier(TEXTS[:8], LABELS[:8], INTENTS, device="cpu")
+    probabilities = classifier.predict_proba(NEW_MESSAGES)
+    assert probabilities[:, 2].max() < 1e-6
+    assert [intent for intent, _ in classifier.predict(NEW_MESSAGES[:2])] == INTENTS[:2]
+
+
+@pytest.mark.parametrize("recipe", ["frozen", "finetune", "lora"])
+def test_save_and_load_give_the_same_predictions(recipe, tmp_path, frozen):
+    settings = dict(epochs=1, batch_size=4, max_length=16)
+    classifier = frozen if recipe == "frozen" else routing.train_intent_classifier(TEXTS, LABELS, INTENTS, recipe, settings, "cpu")
+    classifier.save(tmp_path / recipe)
+    loaded = routing.IntentClassifier.load(tmp_path / recipe, device="cpu")
+    assert loaded.intents == INTENTS and loaded.recipe == recipe
+    np.testing.assert_allclose(loaded.predict_proba(NEW_MESSAGES), classifier.predict_proba(NEW_MESSAGES), atol=1e-5)
+    files = {path.name for path in (tmp_path / recipe).rglob("*.safetensors")}
+    assert {"frozen": {"head.safetensors"}, "finetune": {"head.safetensors", "model.safetensors"},
+            "lora": {"head.safetensors", "adapter_model.safetensors"}}[recipe] == files
+
+
+def test_trainable_parameter_counts():
+    settings = dict(epochs=1, batch_size=12, max_length=16, lora_r=4, lora_targets=["query", "value"])
+    lora = routing.train_intent_classifier(TEXTS, LABELS, INTENTS, "lora", settings, "cpu")
+    # 6 layers × 2 matrices (384 × 384) × r(d + k), plus the 384 → 3 head
+    assert lora.trainable_parameters == 6 * 2 * lora_parameter_count(384, 384, 4) + 384 * 3 + 3
+    # the default targets: q, k, v, the attention output and both feed-forward matrices of each layer, not the pooler
+    lora = routing.train_intent_classifier(TEXTS, LABELS, INTENTS, "lora", dict(epochs=1, batch_size=12, lora_r=4), "cpu")
+    per_layer = 4 * lora_parameter_count(384, 384, 4) + 2 * lora_parameter_count(1536, 384, 4)
+    assert lora.trainable_parameters == 6 * per_layer + 384 * 3 + 3
+    assert not any("pooler" in name and "lora" in name for name, _ in lora.model.named_parameters())
+    top = routing.train_intent_classifier(TEXTS, LABELS, INTENTS, "finetune", dict(epochs=1, batch_size=12, train_layers=1), "cpu")
+    layer = top.model.encoder.encoder.layer[-1]
+    assert top.trainable_parameters == sum(p.numel() for p in layer.parameters()) + 384 * 3 + 3
+
+
+def test_fine_tuning_changes_the_encoder_and_lowers_the_loss():
+    from llmlab.encoders import load_minilm
+
+    settings = dict(epochs=3, batch_size=4, learning_rate=2e-4, max_length=16)
+    classifier = routing.train_intent_classifier(TEXTS, LABELS, INTENTS, "finetune", settings, "cpu")
+    _, original = load_minilm(verbose=False)
+    moved = [(a - b).abs().max().item() for a, b in zip(classifier.model.encoder.parameters(), original.parameters())]
+    assert max(moved) > 0
+    log_likelihood = np.log(classifier.predict_proba(TEXTS)[np.arange(12), LABELS]).mean()
+    assert log_likelihood > np.log(1 / 3)  # better than the uniform guess it started near
+
+
+@pytest.mark.parametrize("bad, message", [
+    ([], "empty list"),
+    ("When will my card arrive?", "single string"),
+    (["fine", 42], "text 1 is a int"),
+])
+def test_bad_texts_give_one_clear_line(frozen, bad, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        frozen.predict(bad)
+
+
+def test_bad_training_input_gives_one_clear_line():
+    with pytest.raises(ValueError, match="label 3 is out of range"):
+        routing.train_intent_classifier(TEXTS, LABELS[:-1] + [3], INTENTS, device="cpu")
+    with pytest.raises(ValueError, match="label -1 is out of range"):
+        routing.train_intent_classifier(TEXTS, [-1] + LABELS[1:], INTENTS, device="cpu")
+    with pytest.raises(ValueError, match="one label per text"):
+        routing.train_intent_classifier(TEXTS, LABELS[:5], INTENTS, device="cpu")
+    with pytest.raises(ValueError, match="unknown recipe 'bert'"):
+        routing.train_intent_classifier(TEXTS, LABELS, INTENTS, recipe="bert")
+    with pytest.raises(ValueError, match="empty list"):
+        routing.train_intent_classifier([], [], INTENTS)
+    with pytest.raises(ValueError, match="expected \\(12, 384\\)"):
+        routing.train_intent_classifier(TEXTS, LABELS, INTENTS, device="cpu", embeddings=np.zeros((5, 384)))
+    with pytest.raises(FileNotFoundError, match="no saved intent classifier"):
+        routing.IntentClassifier.load("/nonexistent/folder")
+
+
+def test_sample_per_intent_is_stratified_and_repeatable():
+    labels = np.repeat(np.arange(5), [10, 3, 7, 20, 1])
+    chosen = routing.sample_per_intent(labels, 4, seed=1)
+    assert np.bincount(labels[chosen]).tolist() == [4, 3, 4, 4, 1]
+    assert chosen == sorted(chosen) and len(set(chosen)) == len(chosen)
+    assert chosen == routing.sample_per_intent(labels, 4, seed=1)
+    assert chosen != routing.sample_per_intent(labels, 4, seed=2)
+    with pytest.raises(ValueError, match="at least 1"):
+        routing.sample_per_intent(labels, 0)
+
+
+def test_metrics_match_scikit_learn():
+    from sklearn import metrics as sk
+
+    generator = np.random.default_rng(0)
+    true = generator.integers(0, 6, 300)
+    predicted = np.where(generator.random(300) < 0.6, true, generator.integers(0, 6, 300))
+    predicted[predicted == 5] = 4  # class 5 is never predicted: its F1 is 0, not undefined
+    assert metrics.accuracy(true, predicted) == pytest.approx(sk.accuracy_score(true, predicted))
+    assert metrics.macro_f1(true, predicted, 6) == pytest.approx(sk.f1_score(true, predicted, average="macro"))
+    np.testing.assert_array_equal(metrics.confusion_matrix(true, predicted, 6), sk.confusion_matrix(true, predicted, labels=range(6)))
+    pairs = metrics.most_confused_pairs(true, predicted, list("abcdef"), top=3)
+    assert pairs[0][:2] == ("f", "e") and pairs[0][2] == ((true == 5) & (predicted == 4)).sum()
+
+
+def test_calibration_error():
+    assert metrics.expected_calibration_error([0.9] * 10, [1] * 9 + [0]) == pytest.approx(0.0)
+    assert metrics.expected_calibration_error([0.9] * 10, [1] * 5 + [0] * 5) == pytest.approx(0.4)
+    table = metrics.reliability_table([0.15, 0.95, 0.95], [0, 1, 0])
+    assert table == [(pytest.approx(0.15), 0.0, 1), (pytest.approx(0.95), 0.5, 2)]
+
+
+def test_lora_linear_starts_at_the_base_layer_and_matches_peft():
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = nn.Linear(24, 40)
+    layer = LoRALinear(base, r=4, alpha=12.0)
+    x = torch.randn(5, 24)
+    torch.testing.assert_close(layer(x), base(x))  # B = 0: no change before training
+    assert sum(p.numel() for p in layer.parameters() if p.requires_grad) == lora_parameter_count(40, 24, 4) == 4 * 64
+    nn.init.normal_(layer.lora_B)
+    wrapper = nn.Sequential()
+    wrapper.add_module("proj", nn.Linear(24, 40))
+    wrapper.proj.load_state_dict(base.state_dict())
+    peft_model = get_peft_model(wrapper, LoraConfig(r=4, lora_alpha=12, target_modules=["proj"]))
+    peft_layer = peft_model.base_model.model.proj
+    with torch.no_grad():
+        peft_layer.lora_A["default"].weight.copy_(layer.lora_A)
+        peft_layer.lora_B["default"].weight.copy_(layer.lora_B)
+    torch.testing.assert_close(layer(x), peft_model(x))
+    torch.testing.assert_close(x @ layer.merged_weight().T + base.bias, layer(x))
+
+
+def test_benchmark_measures_on_the_smoke_preset(capsys):
+    result = routing.benchmark("smoke")
+    printed = capsys.readouterr().out
+    assert result["preset"] == "smoke" and result["recipe"] == "frozen"
+    assert 0.3 < result["test_accuracy"] <= 1.0 and 0.0 < result["macro_f1"] <= 1.0
+    assert result["train_seconds"] > 0 and result["total_seconds"] >= result["train_seconds"]
+    assert f"test accuracy {result['test_accuracy']:.4f}" in printed and "machine:" in printed
+
+
+def test_folder_megabytes_counts_files_and_folders(tmp_path):
+    (tmp_path / "a.bin").write_bytes(b"x" * 1000)
+    (tmp_path / "inner").mkdir()
+    (tmp_path / "inner" / "b.bin").write_bytes(b"x" * 500)
+    assert routing.folder_megabytes(tmp_path) == pytest.approx(0.0015)
+    assert routing.folder_megabytes(tmp_path / "a.bin") == pytest.approx(0.001)
