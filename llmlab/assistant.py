@@ -1,0 +1,212 @@
+"""A customer-support assistant assembled from parts: classifier + answers + evidence + threshold.
+
+    assistant = SupportAssistant(classifier, load_answers(), threshold=0.6, evidence=NearestQuestions(...))
+    assistant.reply("my card still hasn't arrived")
+    # Reply(intent='card_arrival', confidence=0.94, answer='Sorry your card…', handoff=False, evidence=[…])
+
+The classifier is anything with ``predict(texts) -> [(intent, confidence)]`` (Lab 4's
+``IntentClassifier``, or a test double). Below ``threshold`` the assistant does not answer and
+hands the message to a person; the intent is still returned so it can be routed. The
+evidence is the few known questions closest to the message, found with the MiniLM encoder,
+so whoever reads the reply (a customer or an agent) can see why this answer was chosen.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from llmlab.data import DataFileError, data_file
+
+ANSWERS_FILE = "banking77/answers.csv"
+
+
+def load_answers(root: Path | None = None, intents: Sequence[str] | None = None) -> dict[str, str]:
+    """The course's support answer for each BANKING77 intent (data/banking77/answers.csv).
+
+    With ``intents`` given, checks that every intent has exactly one answer.
+    """
+    return read_answers(data_file(ANSWERS_FILE, root), intents)  # data_file checks presence and the sha256
+
+
+def read_answers(path: Path, intents: Sequence[str] | None = None) -> dict[str, str]:
+    """Parse an intent,answer CSV (for example a company's own answers) and check it covers ``intents``."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or set(rows[0]) != {"intent", "answer"}:
+        raise DataFileError(f"{path} must have the columns intent,answer")
+    answers = {row["intent"]: row["answer"].strip() for row in rows}
+    if len(answers) != len(rows):
+        raise DataFileError(f"{path} lists an intent twice")
+    if intents is not None:
+        missing = [intent for intent in intents if not answers.get(intent)]
+        if missing:
+            raise DataFileError(f"{path} has no answer for {len(missing)} intents, e.g. {missing[:3]}")
+    return answers
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A known question close to the message: its text, its intent and the cosine similarity."""
+
+    text: str
+    intent: str
+    similarity: float
+
+
+class NearestQuestions:
+    """The known (training) questions closest to a message, by cosine similarity of sentence embeddings.
+
+    ``embed`` maps a list of texts to unit-length vectors (n, d), for example
+    ``lambda texts: llmlab.intents.embed_texts(texts, progress=False)``; ``embeddings``
+    may be passed when the known questions were embedded already.
+    """
+
+    def __init__(self, texts: Sequence[str], intents: Sequence[str], embed: Callable[[list[str]], np.ndarray],
+                 embeddings: np.ndarray | None = None):
+        if len(texts) != len(intents) or not texts:
+            raise ValueError(f"expected one intent per known question and at least one question, got {len(texts)} texts and {len(intents)} intents")
+        self.texts = list(texts)
+        self.intents = list(intents)
+        self.embed = embed
+        vectors = np.asarray(embed(self.texts) if embeddings is None else embeddings, dtype=np.float32)
+        if vectors.shape[0] != len(self.texts) or vectors.ndim != 2:
+            raise ValueError(f"embeddings has shape {vectors.shape}, expected ({len(self.texts)}, d)")
+        self.vectors = vectors
+
+    def nearest(self, texts: list[str], k: int = 3, embeddings: np.ndarray | None = None) -> list[list[Evidence]]:
+        """For each text, its ``k`` nearest known questions, most similar first."""
+        queries = np.asarray(self.embed(list(texts)) if embeddings is None else embeddings, dtype=np.float32)
+        k = min(k, len(self.texts))
+        similarities = queries @ self.vectors.T
+        best = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
+        return [[Evidence(self.texts[j], self.intents[j], float(similarities[row, j])) for j in best[row]]
+                for row in range(len(queries))]
+
+
+@dataclass
+class Reply:
+    """What the assistant does with one message."""
+
+    intent: str
+    confidence: float
+    answer: str | None
+    handoff: bool
+    evidence: list[Evidence] = field(default_factory=list)
+
+
+class SupportAssistant:
+    """Answers a message when the classifier is confident enough, hands it to a person otherwise."""
+
+    def __init__(self, classifier, answers: dict[str, str], threshold: float, evidence: NearestQuestions | None = None,
+                 evidence_count: int = 3):
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        missing = [intent for intent in getattr(classifier, "intents", []) if intent not in answers]
+        if missing:
+            raise ValueError(f"no answer for {len(missing)} of the classifier's intents, e.g. {missing[:3]}")
+        self.classifier = classifier
+        self.answers = answers
+        self.threshold = threshold
+        self.evidence = evidence
+        self.evidence_count = evidence_count
+
+    def reply_many(self, texts: list[str]) -> list[Reply]:
+        predictions = self.classifier.predict(list(texts))
+        neighbours = self.evidence.nearest(list(texts), self.evidence_count) if self.evidence else [[] for _ in texts]
+        replies = []
+        for (intent, confidence), evidence in zip(predictions, neighbours):
+            handoff = confidence < self.threshold
+            replies.append(Reply(intent, float(confidence), None if handoff else self.answers[intent], handoff, evidence))
+        return replies
+
+    def reply(self, text: str) -> Reply:
+        return self.reply_many([text])[0]
+
+
+# --- choosing the threshold ------------------------------------------------------------------
+
+
+def threshold_sweep(confidences, correct, thresholds=None) -> list[dict]:
+    """Automation and wrong-answer rates for each threshold.
+
+    A message is answered automatically when its confidence is at least the threshold.
+    ``automation_rate``: answered / all messages. ``wrong_answer_rate``: answered wrongly /
+    all messages (so the two can be subtracted and priced per ticket). ``answered_accuracy``:
+    correct / answered (NaN when nothing is answered).
+    """
+    confidences = np.asarray(confidences, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    if confidences.shape != correct.shape or confidences.ndim != 1 or len(confidences) == 0:
+        raise ValueError(f"expected two 1-d arrays of the same non-zero length, got shapes {confidences.shape} and {correct.shape}")
+    if thresholds is None:
+        thresholds = np.linspace(0, 1, 101)
+    rows = []
+    n = len(confidences)
+    for threshold in thresholds:
+        answered = confidences >= threshold
+        n_answered = int(answered.sum())
+        n_wrong = int((answered & ~correct).sum())
+        rows.append(dict(
+            threshold=float(threshold),
+            automation_rate=n_answered / n,
+            wrong_answer_rate=n_wrong / n,
+            answered_accuracy=(n_answered - n_wrong) / n_answered if n_answered else float("nan"),
+        ))
+    return rows
+
+
+def pick_operating_point(sweep: list[dict], max_wrong_answer_rate: float) -> dict:
+    """The row with the highest automation rate whose wrong-answer rate is at most the limit (lowest threshold wins ties)."""
+    allowed = [row for row in sweep if row["wrong_answer_rate"] <= max_wrong_answer_rate]
+    if not allowed:
+        raise ValueError(f"no threshold keeps the wrong-answer rate at or below {max_wrong_answer_rate}")
+    return max(allowed, key=lambda row: (row["automation_rate"], -row["threshold"]))
+
+
+def head_probabilities(classifier, embeddings: np.ndarray) -> np.ndarray:
+    """Class probabilities of a frozen-recipe classifier from precomputed embeddings (skips the encoder).
+
+    Equal to ``classifier.predict_proba(texts)`` when ``embeddings = embed_texts(texts)``, and
+    much faster when the same texts are scored by many classifiers (the flywheel simulation).
+    """
+    import torch
+
+    if getattr(classifier, "recipe", None) != "frozen":
+        raise ValueError("head_probabilities needs a classifier trained with recipe='frozen' (its encoder never changes)")
+    head = classifier.model.head
+    with torch.no_grad():
+        logits = head(torch.as_tensor(np.asarray(embeddings, dtype=np.float32)).to(head.weight.device))
+    return torch.softmax(logits.double(), dim=-1).cpu().numpy()
+
+
+# --- the lab's measured results, for the chapter ----------------------------------------------
+
+RESULTS_MARKER = "LAB 6 RESULTS "
+
+
+def recorded_lab_results(notebook_path=None) -> dict:
+    """The results Lab 6's committed run printed on its ``LAB 6 RESULTS {json}`` line.
+
+    Chapter 6 quotes the lab's measured operating point and flywheel from here, so the prose
+    and the lab page always show the same run.
+    """
+    import json
+
+    path = Path(notebook_path) if notebook_path else Path(__file__).resolve().parent.parent / "solutions" / "06_business.ipynb"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the chapter reads Lab 6's committed results from it")
+    notebook = json.loads(path.read_text(encoding="utf-8"))
+    for cell in notebook["cells"]:
+        for output in cell.get("outputs", []):
+            text = output.get("text", "")
+            text = "".join(text) if isinstance(text, list) else text
+            for line in text.splitlines():
+                if line.startswith(RESULTS_MARKER):
+                    return json.loads(line[len(RESULTS_MARKER):])
+    raise ValueError(f"{path} has no '{RESULTS_MARKER.strip()}' line in its outputs: run it with "
+                     "`python -m llmlab.notebooks execute solutions/06_business.ipynb --preset cpu`")

@@ -1,0 +1,141 @@
+"""POST /classify through real HTTP clients: answers, hand-offs, 422s with clear messages, redacted logs."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from llmlab.assistant import NearestQuestions, SupportAssistant, load_answers
+from llmlab.serve import MAX_TEXT_CHARACTERS, create_app
+
+
+class FakeIntentClassifier:
+    """A test double with the interface of llmlab.intents.IntentClassifier: confident only about stolen cards."""
+
+    intents = ["card_arrival", "lost_or_stolen_card"]
+
+    def predict(self, texts):
+        return [("lost_or_stolen_card", 0.93) if "stolen" in text else ("card_arrival", 0.31) for text in texts]
+
+
+def constant_vectors(texts):
+    return np.ones((len(texts), 4), dtype=np.float32) / 2.0
+
+
+@pytest.fixture
+def client():
+    answers = {"card_arrival": "It is on its way.", "lost_or_stolen_card": "Freeze your card in the app now."}
+    evidence = NearestQuestions(["my card was stolen"], ["lost_or_stolen_card"], constant_vectors)
+    app = create_app(SupportAssistant(FakeIntentClassifier(), answers, threshold=0.5, evidence=evidence))
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def test_confident_message_is_answered(client):
+    response = client.post("/classify", json={"text": "my card was stolen"})
+    assert response.status_code == 200
+    assert response.json() == {"intent": "lost_or_stolen_card", "confidence": pytest.approx(0.93),
+                               "answer": "Freeze your card in the app now.", "handoff": False,
+                               "evidence": ["my card was stolen"]}
+
+
+def test_unsure_message_goes_to_a_person(client):
+    body = client.post("/classify", json={"text": "hmm, something about my account"}).json()
+    assert body["handoff"] is True and body["answer"] is None and body["intent"] == "card_arrival"
+
+
+@pytest.mark.parametrize("payload, phrase", [
+    ({"text": ""}, "text is empty"),
+    ({"text": "   \n\t "}, "text is empty"),
+    ({"text": "a" * (MAX_TEXT_CHARACTERS + 1)}, f"the limit is {MAX_TEXT_CHARACTERS}"),
+    ({"text": 42}, "text must be a string"),
+    ({"text": ["my", "card"]}, "text must be a string"),
+    ({"text": None}, "text must be a string"),
+    ({}, "a field 'text'"),
+    ({"text": "hi", "card": "4111111111111111"}, "only the field 'text'"),
+    (["my card"], "must be a JSON object"),
+])
+def test_bad_input_is_a_422_with_a_clear_message(client, payload, phrase):
+    response = client.post("/classify", json=payload)
+    assert response.status_code == 422
+    messages = " | ".join(error["msg"] for error in response.json()["detail"])
+    assert phrase in messages
+    assert "4111111111111111" not in response.text and "a" * 100 not in response.text  # the input is not echoed
+
+
+def test_exactly_the_limit_is_accepted(client):
+    assert client.post("/classify", json={"text": "b" * MAX_TEXT_CHARACTERS}).status_code == 200
+
+
+def test_logs_hold_only_redacted_text(client, caplog):
+    message = "my card 4111 1111 1111 1111 was stolen, call +44 20 7946 0958 or mail ana+x@mail.example.com"
+    with caplog.at_level(logging.DEBUG):
+        assert client.post("/classify", json={"text": message}).status_code == 200
+    logged = caplog.text
+    assert "lost_or_stolen_card" in logged and "[CARD]" in logged and "[PHONE]" in logged and "[EMAIL]" in logged
+    for secret in ("4111", "7946", "ana+x", "example.com"):
+        assert secret not in logged
+    assert all(secret not in str(record.args) for record in caplog.records for secret in ("4111", "7946"))
+
+
+@pytest.fixture(scope="module")
+def real_assistant():
+    """Lab 4's frozen-recipe classifier on 5 examples per intent, with MiniLM evidence: small, but the real thing."""
+    from llmlab.data import banking77, banking77_intents
+    from llmlab.intents import embed_texts, sample_per_intent, train_intent_classifier
+
+    train = banking77()["train"]
+    intents = banking77_intents()
+    keep = sample_per_intent(train["label"], 5, seed=0)
+    texts = [train["text"][i] for i in keep]
+    labels = np.array(train["label"])[keep]
+    embeddings = embed_texts(texts, device="cpu", progress=False)
+    classifier = train_intent_classifier(texts, labels, intents, embeddings=embeddings, device="cpu")
+    evidence = NearestQuestions(texts, [intents[i] for i in labels], lambda batch: embed_texts(batch, device="cpu", progress=False), embeddings)
+    return SupportAssistant(classifier, load_answers(intents=intents), threshold=0.2, evidence=evidence)
+
+
+def test_end_to_end_with_the_real_classifier(real_assistant):
+    with TestClient(create_app(real_assistant)) as test_client:
+        body = test_client.post("/classify", json={"text": "My card was stolen yesterday, please block it"}).json()
+    assert body["intent"] in ("lost_or_stolen_card", "compromised_card")
+    assert 0 < body["confidence"] <= 1 and len(body["evidence"]) == 3
+    assert body["handoff"] == (body["confidence"] < 0.2)
+    assert body["answer"] is None or body["answer"] == load_answers()[body["intent"]]
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_served_by_uvicorn_on_loopback(real_assistant):
+    import uvicorn
+
+    port = _free_loopback_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(real_assistant), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                pytest.fail("uvicorn did not start within 20 s")
+            time.sleep(0.05)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=20) as http:
+            ok = http.post("/classify", json={"text": "How do I top up by bank transfer?"})
+            refused = http.post("/classify", json={"text": "  "})
+        assert ok.status_code == 200 and set(ok.json()) == {"intent", "confidence", "answer", "handoff", "evidence"}
+        assert refused.status_code == 422 and "text is empty" in refused.text
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert not thread.is_alive()
