@@ -120,3 +120,29 @@ def test_check_output_is_deterministic():
     first = repr(checks.check_scaled_dot_product_attention(reference.scaled_dot_product_attention))
     second = repr(checks.check_scaled_dot_product_attention(reference.scaled_dot_product_attention))
     assert first == second
+
+
+def test_lab3_checks_pass_references_and_name_mistakes():
+    import torch.nn.functional as F
+
+    from llmlab.model import GPT
+    from llmlab.pretraining import causal_lm_loss
+    from llmlab.training import cosine_learning_rate
+
+    assert checks.check_causal_lm_loss(causal_lm_loss)
+    unshifted = checks.check_causal_lm_loss(lambda logits, tokens: F.cross_entropy(logits.flatten(0, 1), tokens.flatten()))
+    assert not unshifted and "tokens[:, 1:]" in unshifted.message
+    summed = checks.check_causal_lm_loss(
+        lambda logits, tokens: F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum"))
+    assert not summed and "mean" in summed.message
+
+    assert checks.check_learning_rate_schedule(cosine_learning_rate)
+    no_floor = checks.check_learning_rate_schedule(lambda s, t, p, w, f=0.1: cosine_learning_rate(s, t, p, w, 0.0))
+    assert not no_floor and "cosine decay" in no_floor.message
+    off_by_one = checks.check_learning_rate_schedule(lambda s, t, p, w, f=0.1: p * s / w if s < w else cosine_learning_rate(s, t, p, w, f))
+    assert not off_by_one and "warm-up" in off_by_one.message
+
+    assert checks.check_training_flops(lambda config, tokens: 6 * GPT(config).parameter_count() * tokens)
+    untied = checks.check_training_flops(
+        lambda config, tokens: 6 * (GPT(config).parameter_count() + config.vocab_size * config.d_model) * tokens)
+    assert not untied and "shares its matrix" in untied.message
