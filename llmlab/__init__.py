@@ -1,9 +1,20 @@
 """llmlab: the code behind the course "From Attention to Product".
 
-Each module grows out of a chapter: ``attention`` (Chapter 2), ``model`` and
-``training`` (the small GPT the labs train), ``checks`` (the labs' self-checks),
-``runtime`` and ``presets`` (where and how big a lab runs), ``data`` (the
-course datasets), ``notebooks`` (labs generated from solutions).
+Each module grows out of a chapter, and each concept lives in one module that every lab imports:
+
+- where and how big a lab runs: ``presets`` (every lab's settings), ``runtime`` (device,
+  precision, seeds, the machine a number was measured on), ``data`` (the course datasets),
+  ``progress``, ``plots``;
+- Chapter 1: ``tokenization`` (every tokenizer), ``embeddings`` (sentence vectors and
+  nearest neighbours), ``first_models`` (bigram and MLP language models), ``lm`` (the
+  character-level corpus, batches, loss and validation loss), ``metrics``, ``costs``;
+- Chapter 2: ``attention``, ``tasks``;
+- Chapter 3: ``model`` (the GPT), ``training`` (the one training loop), ``checkpoint``,
+  ``generation`` (sampling), ``pretraining`` (Lab 3's run), ``hf_bridge`` (to and from GPT-2);
+- Chapter 4: ``lora``, ``intents`` (the intent classifier);
+- Chapter 6: ``assistant``, ``economics``, ``privacy``, ``serve``;
+- ``checks`` (one module of self-checks per lab), ``bench`` (the benchmarks' command line),
+  ``course`` (lab generation and timed runs; no teaching module imports it).
 """
 
 from llmlab import progress as _progress  # noqa: F401  (sets up progress bars before other libraries do)

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from llmlab.data import DataFileError, data_file
+from llmlab.embeddings import nearest_neighbours
 
 ANSWERS_FILE = "banking77/answers.csv"
 
@@ -61,31 +63,30 @@ class Evidence:
 class NearestQuestions:
     """The known (training) questions closest to a message, by cosine similarity of sentence embeddings.
 
-    ``embed`` maps a list of texts to unit-length vectors (n, d), for example
-    ``lambda texts: llmlab.intents.embed_texts(texts, progress=False)``; ``embeddings``
-    may be passed when the known questions were embedded already.
+    ``embed`` maps a list of texts to vectors (n, d), for example
+    ``lambda texts: llmlab.embeddings.embed(texts, progress=False)``; ``embeddings``
+    may be passed when the known questions were embedded already. The search is
+    ``llmlab.embeddings.nearest_neighbours``.
     """
 
-    def __init__(self, texts: Sequence[str], intents: Sequence[str], embed: Callable[[list[str]], np.ndarray],
-                 embeddings: np.ndarray | None = None):
+    def __init__(self, texts: Sequence[str], intents: Sequence[str], embed: Callable[[list[str]], torch.Tensor],
+                 embeddings=None):
         if len(texts) != len(intents) or not texts:
             raise ValueError(f"expected one intent per known question and at least one question, got {len(texts)} texts and {len(intents)} intents")
         self.texts = list(texts)
         self.intents = list(intents)
         self.embed = embed
-        vectors = np.asarray(embed(self.texts) if embeddings is None else embeddings, dtype=np.float32)
-        if vectors.shape[0] != len(self.texts) or vectors.ndim != 2:
-            raise ValueError(f"embeddings has shape {vectors.shape}, expected ({len(self.texts)}, d)")
+        vectors = torch.as_tensor(np.asarray(embed(self.texts) if embeddings is None else embeddings, dtype=np.float32))
+        if vectors.ndim != 2 or vectors.shape[0] != len(self.texts):
+            raise ValueError(f"embeddings has shape {tuple(vectors.shape)}, expected ({len(self.texts)}, d)")
         self.vectors = vectors
 
-    def nearest(self, texts: list[str], k: int = 3, embeddings: np.ndarray | None = None) -> list[list[Evidence]]:
+    def nearest(self, texts: list[str], k: int = 3, embeddings=None) -> list[list[Evidence]]:
         """For each text, its ``k`` nearest known questions, most similar first."""
         queries = np.asarray(self.embed(list(texts)) if embeddings is None else embeddings, dtype=np.float32)
-        k = min(k, len(self.texts))
-        similarities = queries @ self.vectors.T
-        best = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
-        return [[Evidence(self.texts[j], self.intents[j], float(similarities[row, j])) for j in best[row]]
-                for row in range(len(queries))]
+        similarities, positions = nearest_neighbours(torch.as_tensor(queries), self.vectors, min(k, len(self.texts)))
+        return [[Evidence(self.texts[j], self.intents[j], score) for score, j in zip(row_scores, row_positions)]
+                for row_scores, row_positions in zip(similarities.tolist(), positions.tolist())]
 
 
 @dataclass
@@ -166,47 +167,3 @@ def pick_operating_point(sweep: list[dict], max_wrong_answer_rate: float) -> dic
     if not allowed:
         raise ValueError(f"no threshold keeps the wrong-answer rate at or below {max_wrong_answer_rate}")
     return max(allowed, key=lambda row: (row["automation_rate"], -row["threshold"]))
-
-
-def head_probabilities(classifier, embeddings: np.ndarray) -> np.ndarray:
-    """Class probabilities of a frozen-recipe classifier from precomputed embeddings (skips the encoder).
-
-    Equal to ``classifier.predict_proba(texts)`` when ``embeddings = embed_texts(texts)``, and
-    much faster when the same texts are scored by many classifiers (the flywheel simulation).
-    """
-    import torch
-
-    if getattr(classifier, "recipe", None) != "frozen":
-        raise ValueError("head_probabilities needs a classifier trained with recipe='frozen' (its encoder never changes)")
-    head = classifier.model.head
-    with torch.no_grad():
-        logits = head(torch.as_tensor(np.asarray(embeddings, dtype=np.float32)).to(head.weight.device))
-    return torch.softmax(logits.double(), dim=-1).cpu().numpy()
-
-
-# --- the lab's measured results, for the chapter ----------------------------------------------
-
-RESULTS_MARKER = "LAB 6 RESULTS "
-
-
-def recorded_lab_results(notebook_path=None) -> dict:
-    """The results Lab 6's committed run printed on its ``LAB 6 RESULTS {json}`` line.
-
-    Chapter 6 quotes the lab's measured operating point and flywheel from here, so the prose
-    and the lab page always show the same run.
-    """
-    import json
-
-    path = Path(notebook_path) if notebook_path else Path(__file__).resolve().parent.parent / "solutions" / "06_business.ipynb"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the chapter reads Lab 6's committed results from it")
-    notebook = json.loads(path.read_text(encoding="utf-8"))
-    for cell in notebook["cells"]:
-        for output in cell.get("outputs", []):
-            text = output.get("text", "")
-            text = "".join(text) if isinstance(text, list) else text
-            for line in text.splitlines():
-                if line.startswith(RESULTS_MARKER):
-                    return json.loads(line[len(RESULTS_MARKER):])
-    raise ValueError(f"{path} has no '{RESULTS_MARKER.strip()}' line in its outputs: run it with "
-                     "`python -m llmlab.notebooks execute solutions/06_business.ipynb --preset cpu`")

@@ -85,11 +85,12 @@ def rope_angles(n_positions: int, d_head: int, base: float = 10000.0, device=Non
 def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     """Rotate each pair (x_{2i}, x_{2i+1}) of features by the angle of its position.
 
-    ``x`` is (…, n, d_head) and ``angles`` is (n, d_head/2) from :func:`rope_angles`.
-    Pairs are adjacent features, as in the RoFormer paper.
+    ``x`` is (…, n, d_head) and ``angles`` is (n, d_head/2) from :func:`rope_angles`, or, when
+    the sequences of a batch sit at different positions (generation with a KV cache), one table
+    per sequence, (batch, 1, n, d_head/2). Pairs are adjacent features, as in the RoFormer paper.
     """
     n, d_head = x.shape[-2], x.shape[-1]
-    if angles.shape != (n, d_head // 2):
+    if angles.shape[-2:] != (n, d_head // 2):
         raise ValueError(f"angles must have shape {(n, d_head // 2)} for x of shape {tuple(x.shape)}, got {tuple(angles.shape)}")
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     even, odd = x[..., 0::2], x[..., 1::2]
@@ -106,6 +107,78 @@ def sinusoidal_positions(n_positions: int, d_model: int) -> torch.Tensor:
     table[:, 0::2] = angles.sin()
     table[:, 1::2] = angles.cos()
     return table
+
+
+class KVCache:
+    """The keys and values of every layer for the tokens processed so far: what generation keeps.
+
+    Without it, every generation step runs the model over the whole text again; with it, the
+    prompt is processed once (the *prefill*) and each later step processes only the newest
+    token (the *decode* step), whose query attends over the stored keys and values. Memory:
+    2 (keys and values) × layers × batch × heads × d_head × ``max_tokens`` numbers, set aside
+    up front. Prompts of different lengths share a batch by padding them on the left:
+    ``is_padding`` marks those positions (no query ever attends to them) and ``positions`` gives
+    every token its position within its own text, padding not counted.
+    """
+
+    def __init__(self, n_layers: int, batch: int, n_heads: int, d_head: int, max_tokens: int,
+                 device=None, dtype: torch.dtype = torch.float32):
+        shape = (n_layers, batch, n_heads, max_tokens, d_head)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_tokens = max_tokens
+        self.length = 0  # positions filled so far, the same for every sequence of the batch
+        self.is_padding = torch.zeros(batch, max_tokens, dtype=torch.bool, device=device)
+        self.positions = torch.arange(max_tokens, device=device).expand(batch, max_tokens).clone()
+
+    def pad(self, is_padding: torch.Tensor) -> None:
+        """Declare which of the first positions are padding, (batch, n) with True for padding; call before the prefill."""
+        if self.length:
+            raise ValueError("padding must be declared before the first tokens go into the cache")
+        n = is_padding.shape[1]
+        self.is_padding[:, :n] = is_padding
+        real = (~self.is_padding).long()
+        self.positions = (real.cumsum(dim=1) - 1).clamp(min=0)  # padding takes position 0; it is never attended to
+
+    def memory_bytes(self) -> int:
+        return 2 * self.keys.numel() * self.keys.element_size()
+
+    def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Write one layer's keys and values for the new tokens; return all of them so far and the attention mask.
+
+        The mask (batch, 1, new, all) lets each new query see earlier and its own positions,
+        never padding; ``None`` when there is nothing to hide (one new token, no padding).
+        """
+        start, n = self.length, keys.shape[-2]
+        end = start + n
+        if end > self.max_tokens:
+            raise ValueError(f"the KV cache holds {self.max_tokens} positions; {end} were asked for")
+        self.keys[layer, :, :, start:end] = keys
+        self.values[layer, :, :, start:end] = values
+        mask = None
+        if n > 1 or self.is_padding[:, :end].any():
+            mask = causal_mask(n, end, device=keys.device) & ~self.is_padding[:, None, None, :end]
+            # a padding query may attend to itself, so that no row of the softmax is empty (which would give NaN)
+            mask[..., torch.arange(n), torch.arange(start, end)] = True
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end], mask
+
+    def advance(self, n: int) -> None:
+        """Count ``n`` new positions as filled, once every layer has stored them."""
+        self.length += n
+
+
+class LayerCache:
+    """One layer's view of a :class:`KVCache`: what an attention module is handed during generation."""
+
+    def __init__(self, cache: KVCache, layer: int):
+        self.cache, self.layer = cache, layer
+
+    def positions(self, n: int) -> torch.Tensor:
+        """(batch, n) positions of the next ``n`` tokens within their own texts."""
+        return self.cache.positions[:, self.cache.length:self.cache.length + n]
+
+    def store(self, keys: torch.Tensor, values: torch.Tensor):
+        return self.cache.store(self.layer, keys, values)
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -128,20 +201,30 @@ class MultiHeadSelfAttention(nn.Module):
             self.register_buffer("angles", rope_angles(max_positions, d_model // n_heads), persistent=False)
         self.last_weights: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, keep_weights: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep_weights: bool = False, cache: LayerCache | None = None) -> torch.Tensor:
+        """Causal self-attention over ``x`` (batch, n, d_model); with ``cache``, also over the tokens stored in it."""
         if x.dim() != 3:
             raise ValueError(f"expected input of shape (batch, positions, d_model), got {tuple(x.shape)}")
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         q, k, v = (split_heads(t, self.n_heads) for t in (q, k, v))
         n = x.shape[1]
-        if self.rotary:
-            q, k = apply_rope(q, self.angles[:n]), apply_rope(k, self.angles[:n])
-        if keep_weights:
-            out, weights = scaled_dot_product_attention(q, k, v, causal_mask(n, device=x.device))
-            self.last_weights = weights.detach()
+        if cache is None:
+            if self.rotary:
+                q, k = apply_rope(q, self.angles[:n]), apply_rope(k, self.angles[:n])
+            mask = causal_mask(n, device=x.device)
         else:
+            if self.rotary:  # each text's tokens rotate by their own positions, which padding does not shift
+                angles = self.angles[cache.positions(n)].unsqueeze(1)
+                q, k = apply_rope(q, angles), apply_rope(k, angles)
+            k, v, mask = cache.store(k, v)
+        if keep_weights:
+            out, weights = scaled_dot_product_attention(q, k, v, mask)
+            self.last_weights = weights.detach()
+        elif cache is None:
             # The fused kernel gives the same numbers faster and never builds the n×n matrix in memory.
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(merge_heads(out))
 
 
@@ -161,9 +244,20 @@ def attention_flops(n: int, d_model: int) -> dict[str, int]:
     return {"projections": projections, "scores_and_mixing": scores_and_mixing, "total": projections + scores_and_mixing}
 
 
-def kv_cache_bytes(n_layers: int, n_positions: int, d_model: int, batch: int = 1, bytes_per_value: int = 2) -> int:
-    """Memory for cached keys and values: 2 (K and V) × layers × positions × d_model × batch × bytes."""
-    return 2 * n_layers * n_positions * d_model * batch * bytes_per_value
+def kv_cache_bytes(n_layers: int, n_positions: int, d_model: int, batch: int = 1, bytes_per_value: int = 2,
+                   n_heads: int = 1, n_kv_heads: int | None = None) -> int:
+    """Memory for cached keys and values: 2 (K and V) × layers × kv_heads × d_head × positions × batch × bytes.
+
+    With every head keeping its own keys and values (multi-head attention) kv_heads × d_head is
+    d_model. Grouped-query attention shares each key/value head among n_heads / n_kv_heads query
+    heads, and multi-query attention (n_kv_heads = 1) among all of them, which divides the cache.
+    """
+    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+    if d_model % n_heads or n_heads % n_kv_heads:
+        raise ValueError(f"need n_heads dividing d_model and n_kv_heads dividing n_heads, got d_model={d_model}, "
+                         f"n_heads={n_heads}, n_kv_heads={n_kv_heads}")
+    d_head = d_model // n_heads
+    return 2 * n_layers * n_kv_heads * d_head * n_positions * batch * bytes_per_value
 
 
 def decoding_attention_flops(n_generated: int, d_model: int, prompt: int = 0, cached: bool = True) -> int:

@@ -2,6 +2,8 @@
 
     python -m llmlab.bench pretrain --preset cpu   # Lab 3: seconds to each validation milestone, final val loss
     python -m llmlab.bench finetune --preset cpu   # Lab 4: the best cpu recipe's test accuracy, macro-F1, seconds
+    python -m llmlab.bench generate --preset cpu   # Lab 5: ms/token with and without the KV cache, and Hugging Face's
+    python -m llmlab.bench sft --preset cpu        # Lab 4b: base, SFT (full, LoRA) and DPO on held-out dialogs
 
 Each benchmark prints what it measured and the machine it ran on; nothing is read
 from a file of earlier results.
@@ -13,16 +15,20 @@ import argparse
 import importlib
 import sys
 
+from llmlab.presets import PRESET_NAMES
+
 BENCHMARKS = {
     "pretrain": ("llmlab.pretraining", "benchmark"),
     "finetune": ("llmlab.intents", "benchmark"),
+    "generate": ("llmlab.inference", "benchmark"),
+    "sft": ("llmlab.instruct_training", "benchmark"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmlab.bench", description="Run a course benchmark and print what it measured.")
     parser.add_argument("benchmark", choices=sorted(BENCHMARKS))
-    parser.add_argument("--preset", choices=("smoke", "cpu", "gpu"), default=None, help="default: as LLMLAB_PRESET, else gpu with CUDA, else cpu")
+    parser.add_argument("--preset", choices=PRESET_NAMES, default=None, help="default: as LLMLAB_PRESET, else gpu with CUDA, else cpu")
     arguments = parser.parse_args(argv)
     module_name, function_name = BENCHMARKS[arguments.benchmark]
     module = importlib.import_module(module_name)

@@ -52,13 +52,20 @@ def save_checkpoint(path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
     return path
 
 
-def load_checkpoint(path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[int, dict[str, torch.Tensor], dict]:
-    """Restore weights (and optimiser state) in place; returns (step, rng states, metadata)."""
+def load_checkpoint(path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    before_loading=None) -> tuple[int, dict[str, torch.Tensor], dict]:
+    """Restore weights (and optimiser state) in place; returns (step, rng states, metadata).
+
+    ``before_loading(metadata)``, if given, sees the stored metadata before anything is loaded,
+    so a caller can refuse a checkpoint of another run with a clearer message than a shape error.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     with safe_open(str(path), framework="pt") as handle:
         header = json.loads(handle.metadata()["llmlab"])
+        if before_loading is not None:
+            before_loading(header["metadata"])
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     model_state = {name[len(_MODEL):]: t for name, t in tensors.items() if name.startswith(_MODEL)}
     try:

@@ -18,6 +18,7 @@ CHECKSUMS = {
     "banking77/test.csv": "d12d6e3bc4c3103966ae786dc435913c0c563dfa328f5a3646d0e62cfeeb474d",
     "banking77/categories.json": "53261da888122daf2d120d925458631d9619e15d82e56052e7a42e535ce32b63",
     "banking77/answers.csv": "38492c4a417e499e6ff7d6f6a290287e24f5a97f5e02261d54766a58a5ce2e5e",
+    "taskmaster4_coffee/dialogs.jsonl": "346bde02e69f9a0b805fae82c64abc7d29383f51b7abb6fd8c05e072dbdcf3ba",
 }
 
 
@@ -86,3 +87,13 @@ def banking77(root: Path | None = None):
         frame = pd.DataFrame({"text": frame["text"], "label": frame["category"].map(intents.index)})
         splits[split] = datasets.Dataset.from_pandas(frame, features=features, preserve_index=False)
     return datasets.DatasetDict(splits)
+
+
+def coffee_dialogs(root: Path | None = None) -> list[dict]:
+    """The 3,710 Taskmaster-4 coffee-ordering dialogs: dicts with ``conversation_id``, ``scenario`` and ``turns``.
+
+    Each turn is ``{"speaker": "user" | "assistant", "text": ...}``; every dialog starts with the
+    customer and alternates.
+    """
+    with open(data_file("taskmaster4_coffee/dialogs.jsonl", root), encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]

@@ -23,8 +23,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
-from llmlab import compute
-
 
 @dataclass(frozen=True)
 class SupportCosts:
@@ -121,17 +119,6 @@ def sensitivity_table(costs: SupportCosts, automation_rate: float, wrong_answer_
                 monthly_savings=monthly_savings(changed_costs, automation, wrong),
             ))
     return rows
-
-
-# --- what it costs to train a model yourself (Chapter 6, "Capital") -------------------------
-
-
-def training_run_cost(parameters: float, tokens: float, gpu_flops_per_second: float, utilisation: float,
-                      gpu_hour_price: float) -> dict:
-    """GPU-hours and price of a training run, with Chapter 3's compute accounting (6·N·D, llmlab.compute)."""
-    flops = compute.training_flops(parameters, tokens)
-    hours = compute.gpu_hours(flops, gpu_flops_per_second, utilisation)
-    return dict(flops=flops, gpu_hours=hours, cost=hours * gpu_hour_price)
 
 
 # --- build, buy or adapt: the same request served three ways -------------------------------

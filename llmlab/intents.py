@@ -15,8 +15,6 @@ Three recipes share one model shape, MiniLM → mean pooling → a linear layer 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import re
 import time
 import warnings
@@ -26,16 +24,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from llmlab.encoders import load_minilm, mean_pool
-from llmlab.progress import tqdm
-from llmlab.runtime import autocast, grad_scaler, pick_device, pick_precision, seed_everything
-from llmlab.training import cosine_learning_rate
+from llmlab.embeddings import (
+    MAX_TOKENS, check_texts, embed, length_sorted_batches, load_minilm, pad_batch, run_encoder, sentence_vectors, shared_minilm,
+)
+from llmlab.metrics import token_cross_entropy
+from llmlab.model import count_parameters
+from llmlab.runtime import pick_device, seed_everything
+from llmlab.training import History, train
 
 RECIPES = ("frozen", "finetune", "lora")
 
-# What a recipe uses when ``settings`` leaves a key out; the lab's presets override these.
+# What a recipe uses when ``settings`` leaves a key out; the lab's presets override these. The
+# frozen recipe reads texts exactly as llmlab.embeddings embeds them (at most MAX_TOKENS tokens).
 DEFAULT_SETTINGS = {
-    "frozen": dict(C=20.0, max_iter=300, max_length=64, embed_batch_size=128),
+    "frozen": dict(C=20.0, max_iter=300),
     "finetune": dict(
         epochs=3, batch_size=32, learning_rate=5e-5, head_learning_rate=2e-3, weight_decay=0.01,
         warmup_fraction=0.1, dropout=0.1, max_length=64, train_layers=None, seed=0,
@@ -52,18 +54,6 @@ _HEAD_FILE = "head.safetensors"
 
 
 # --- input checks: one clear line for each kind of bad input ----------------------------------
-
-
-def _check_texts(texts) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError("expected a list of strings, got a single string; wrap it: [text]")
-    texts = list(texts)
-    if not texts:
-        raise ValueError("expected at least one text, got an empty list")
-    for position, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"text {position} is a {type(text).__name__}, expected a str")
-    return texts
 
 
 def _check_labels(labels, n_texts: int, n_intents: int) -> np.ndarray:
@@ -91,67 +81,8 @@ class EncoderClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, n_intents)
 
-    def sentence_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        pooled = mean_pool(hidden, attention_mask)
-        return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.sentence_vectors(input_ids, attention_mask)).to(self.head.weight.dtype))
-
-
-def _length_sorted_batches(lengths: list[int], batch_size: int, generator: np.random.Generator | None) -> list[np.ndarray]:
-    """Batches of similar-length texts, so padding wastes little compute.
-
-    For training (``generator`` given) the texts are shuffled, sorted by length inside windows
-    of 50 batches and the batches shuffled again: each epoch sees different neighbours.
-    """
-    order = np.arange(len(lengths)) if generator is None else generator.permutation(len(lengths))
-    lengths = np.asarray(lengths)
-    window = batch_size * 50 if generator is not None else len(order)
-    sorted_order = np.concatenate([
-        chunk[np.argsort(lengths[chunk], kind="stable")] for chunk in np.array_split(order, max(1, -(-len(order) // window)))
-    ])
-    batches = [sorted_order[start:start + batch_size] for start in range(0, len(sorted_order), batch_size)]
-    if generator is not None:
-        batches = [batches[i] for i in generator.permutation(len(batches))]
-    return batches
-
-
-def _pad(token_ids: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(ids) for ids in token_ids)
-    input_ids = torch.full((len(token_ids), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(token_ids), width), dtype=torch.long)
-    for row, ids in enumerate(token_ids):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        attention_mask[row, :len(ids)] = 1
-    return input_ids.to(device), attention_mask.to(device)
-
-
-def _tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
-    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-
-
-@torch.no_grad()
-def _sentence_vectors_or_logits(model: EncoderClassifier, tokenizer, texts: list[str], max_length: int, batch_size: int,
-                                logits: bool, progress: bool, description: str) -> torch.Tensor:
-    device = next(model.parameters()).device
-    precision = pick_precision(device)
-    token_ids = _tokenize(tokenizer, texts, max_length)
-    batches = _length_sorted_batches([len(ids) for ids in token_ids], batch_size, generator=None)
-    was_training = model.training
-    model.eval()
-    outputs = [None] * len(batches)
-    for number, batch in enumerate(tqdm(batches, desc=description, disable=not progress or len(batches) < 4)):
-        input_ids, attention_mask = _pad([token_ids[i] for i in batch], tokenizer.pad_token_id, device)
-        with autocast(device, precision):
-            out = model(input_ids, attention_mask) if logits else model.sentence_vectors(input_ids, attention_mask)
-        outputs[number] = out.float().cpu()
-    model.train(was_training)
-    result = torch.empty(len(texts), outputs[0].shape[-1])
-    for batch, out in zip(batches, outputs):
-        result[torch.as_tensor(batch)] = out
-    return result
+        return self.head(self.dropout(sentence_vectors(self.encoder, input_ids, attention_mask, self.normalize)))
 
 
 class IntentClassifier:
@@ -161,7 +92,7 @@ class IntentClassifier:
     ``training_seconds`` and ``trainable_parameters`` describe what training cost.
     """
 
-    def __init__(self, intents: list[str], model: EncoderClassifier, tokenizer, recipe: str, max_length: int = 64,
+    def __init__(self, intents: list[str], model: EncoderClassifier, tokenizer, recipe: str, max_length: int = MAX_TOKENS,
                  training_seconds: float = float("nan"), trainable_parameters: int = 0):
         self.intents = list(intents)
         self.model = model.eval()
@@ -179,10 +110,11 @@ class IntentClassifier:
         self.model.to(device)
         return self
 
+    @torch.no_grad()
     def logits(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> torch.Tensor:
-        texts = _check_texts(texts)
-        return _sentence_vectors_or_logits(self.model, self.tokenizer, texts, self.max_length, batch_size,
-                                           logits=True, progress=progress, description="classifying")
+        """(len(texts), len(intents)) scores before the softmax, computed in float32 on the classifier's device."""
+        self.model.eval()
+        return run_encoder(texts, self.tokenizer, self.model, self.device, self.max_length, batch_size, progress, "classifying")
 
     def predict_proba(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> np.ndarray:
         """(len(texts), len(intents)) probabilities; each row sums to 1."""
@@ -193,6 +125,20 @@ class IntentClassifier:
         probabilities = self.predict_proba(texts, batch_size, progress)
         best = probabilities.argmax(axis=1)
         return [(self.intents[i], float(probabilities[row, i])) for row, i in enumerate(best)]
+
+    @torch.no_grad()
+    def probabilities_from_embeddings(self, embeddings) -> np.ndarray:
+        """Class probabilities of a frozen-recipe classifier from precomputed embeddings (skips the encoder).
+
+        Equal to ``predict_proba(texts)`` when ``embeddings = llmlab.embeddings.embed(texts)``, and much
+        faster when the same texts are scored by many classifiers (Lab 6's flywheel simulation).
+        """
+        if self.recipe != "frozen":
+            raise ValueError(f"probabilities_from_embeddings needs a classifier trained with recipe='frozen' "
+                             f"(its encoder never changes), this one is {self.recipe!r}")
+        head = self.model.head
+        logits = head(torch.as_tensor(np.asarray(embeddings, dtype=np.float32)).to(head.weight.device))
+        return torch.softmax(logits.double(), dim=-1).cpu().numpy()
 
     def save(self, folder) -> None:
         """Write the classifier to ``folder`` as safetensors + JSON.
@@ -224,6 +170,8 @@ class IntentClassifier:
         if not (folder / _CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{folder} holds no saved intent classifier (no {_CONFIG_FILE})")
         config = json.loads((folder / _CONFIG_FILE).read_text(encoding="utf-8"))
+        if config.get("recipe") not in RECIPES:
+            raise ValueError(f"{folder / _CONFIG_FILE} names the recipe {config.get('recipe')!r}; a saved classifier is one of {', '.join(RECIPES)}")
         device = torch.device(device) if device is not None else pick_device()
         if config["recipe"] == "finetune":
             tokenizer = AutoTokenizer.from_pretrained(folder / "encoder")
@@ -241,29 +189,6 @@ class IntentClassifier:
 
 
 # --- the frozen recipe: embeddings once, then a logistic regression in seconds ----------------
-
-_FROZEN_ENCODER: dict[str, tuple] = {}
-
-
-def _frozen_minilm(device: torch.device):
-    """The pretrained MiniLM, loaded once per device and never trained (the frozen recipe shares it)."""
-    if str(device) not in _FROZEN_ENCODER:
-        tokenizer, encoder = load_minilm(device, verbose=False)
-        for parameter in encoder.parameters():
-            parameter.requires_grad_(False)
-        _FROZEN_ENCODER[str(device)] = (tokenizer, encoder)
-    return _FROZEN_ENCODER[str(device)]
-
-
-def embed_texts(texts: list[str], device: torch.device | None = None, max_length: int = 64, batch_size: int = 128,
-                progress: bool = True) -> np.ndarray:
-    """Unit-length MiniLM sentence embeddings, (len(texts), 384) float32 — compute once, reuse for every head."""
-    texts = _check_texts(texts)
-    device = device or pick_device()
-    tokenizer, encoder = _frozen_minilm(device)
-    body = EncoderClassifier(encoder, 1, normalize=True).to(device)
-    return _sentence_vectors_or_logits(body, tokenizer, texts, max_length, batch_size, logits=False,
-                                       progress=progress, description="embedding").numpy()
 
 
 def fit_linear_head(embeddings: np.ndarray, labels: np.ndarray, n_intents: int, C: float = 20.0, max_iter: int = 300) -> nn.Linear:
@@ -292,6 +217,36 @@ def fit_linear_head(embeddings: np.ndarray, labels: np.ndarray, n_intents: int, 
         head.weight[torch.as_tensor(present)] = weight
         head.bias[torch.as_tensor(present)] = bias
     return head
+
+
+def choose_head_C(embeddings, labels, n_intents: int, candidates=(1.0, 5.0, 20.0, 100.0), folds: int = 3,
+                  seed: int = 0) -> tuple[float, dict[float, float]]:
+    """The regularisation strength C of :func:`fit_linear_head`, chosen by cross-validation on the training data.
+
+    Each candidate is scored by its mean accuracy over ``folds`` stratified folds of
+    (``embeddings``, ``labels``), so the validation split stays free for choosing between whole
+    models. Returns (best C, {C: mean accuracy}); ties go to the smaller C (the simpler head).
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    embeddings, labels = np.asarray(embeddings, dtype=np.float32), np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != len(embeddings) or len(labels) == 0:
+        raise ValueError(f"expected one label per embedding, got {len(labels)} labels for {len(embeddings)} embeddings")
+    smallest_intent = int(np.bincount(labels)[np.unique(labels)].min())
+    if smallest_intent < 2:
+        raise ValueError("cross-validation needs at least 2 examples of every intent in the training data, one intent has 1")
+    splitter = StratifiedKFold(n_splits=min(folds, smallest_intent), shuffle=True, random_state=seed)
+    scores = {}
+    for C in candidates:
+        fold_scores = []
+        for fit_rows, held_rows in splitter.split(embeddings, labels):
+            head = fit_linear_head(embeddings[fit_rows], labels[fit_rows], n_intents, C=C)
+            with torch.no_grad():
+                predicted = head(torch.as_tensor(embeddings[held_rows])).argmax(1).numpy()
+            fold_scores.append(float((predicted == labels[held_rows]).mean()))
+        scores[C] = float(np.mean(fold_scores))
+    best = max(sorted(scores), key=lambda C: (scores[C], -C))
+    return best, scores
 
 
 # --- fine-tuning and LoRA: a plain training loop ---------------------------------------------
@@ -323,72 +278,76 @@ def _freeze_lower_layers(encoder: nn.Module, train_layers: int | None) -> None:
             parameter.requires_grad_(True)
 
 
-def count_trainable_parameters(model: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+class BatchSchedule:
+    """Every batch of every epoch, drawn in advance from one seed, and how many a run has used.
+
+    ``train`` stores ``get_state()`` in its checkpoints and calls ``set_state`` when it resumes,
+    so a resumed fine-tuning run sees exactly the batches the uninterrupted run would have.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, epochs: int, seed: int):
+        generator = np.random.default_rng(seed)
+        self.batches = [batch for _ in range(epochs) for batch in length_sorted_batches(lengths, batch_size, generator)]
+        self.position = 0
+
+    def next(self) -> np.ndarray:
+        batch = self.batches[self.position]
+        self.position += 1
+        return batch
+
+    def get_state(self) -> torch.Tensor:
+        return torch.tensor([self.position])
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.position = int(state[0])
 
 
-def _train_loop(model: EncoderClassifier, tokenizer, texts: list[str], labels: np.ndarray, settings: dict,
-                device: torch.device, description: str) -> list[float]:
-    """Cross-entropy training with AdamW, warm-up + decay, length-sorted batches and mixed precision on GPU."""
-    precision = pick_precision(device)
-    token_ids = _tokenize(tokenizer, texts, settings["max_length"])
-    lengths = [len(ids) for ids in token_ids]
-    generator = np.random.default_rng(settings["seed"])
-    batches_per_epoch = -(-len(texts) // settings["batch_size"])
-    total_steps = settings["epochs"] * batches_per_epoch
-    warmup_steps = max(1, int(settings["warmup_fraction"] * total_steps))
-    head_parameters = list(model.head.parameters())
-    body_parameters = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("head.")]
-    groups = [{"params": head_parameters, "peak": settings["head_learning_rate"]}]
-    if body_parameters:
-        groups.append({"params": body_parameters, "peak": settings["learning_rate"]})
-    optimizer = torch.optim.AdamW(groups, lr=settings["learning_rate"], weight_decay=settings["weight_decay"])
-    scaler = grad_scaler(device, precision)
+def _fine_tune(model: EncoderClassifier, tokenizer, texts: list[str], labels: np.ndarray, settings: dict,
+               device: torch.device, description: str, checkpoint_path=None) -> History:
+    """Cross-entropy training with llmlab's loop: length-sorted batches, a faster-learning new head, warm-up and decay to 0.
+
+    With ``checkpoint_path`` the run writes a checkpoint ten times and, if the file is there
+    already (a cell re-run after a disconnect), continues from it.
+    """
+    token_ids = tokenizer(texts, truncation=True, max_length=settings["max_length"])["input_ids"]
+    schedule = BatchSchedule([len(ids) for ids in token_ids], settings["batch_size"], settings["epochs"], settings["seed"])
+    steps = len(schedule.batches)
     labels_tensor = torch.as_tensor(labels)
-    model.to(device).train()
-    losses = []
-    progress = tqdm(total=total_steps, desc=description)
-    step = 0
-    for _ in range(settings["epochs"]):
-        for batch in _length_sorted_batches(lengths, settings["batch_size"], generator):
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_learning_rate(step, total_steps, group["peak"], warmup_steps, floor_ratio=0.0)
-            input_ids, attention_mask = _pad([token_ids[i] for i in batch], tokenizer.pad_token_id, device)
-            with autocast(device, precision):
-                logits = model(input_ids, attention_mask)
-            loss = nn.functional.cross_entropy(logits.float(), labels_tensor[batch].to(device))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
-            torch.nn.utils.clip_grad_norm_([p for group in groups for p in group["params"]], 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-            losses.append(loss.item())
-            step += 1
-            progress.update(1)
-            if step % 10 == 0:
-                progress.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
-    progress.close()
-    model.eval()
-    return losses
+
+    def next_batch():
+        batch = schedule.next()
+        return pad_batch([token_ids[i] for i in batch], tokenizer.pad_token_id, device), labels_tensor[batch].to(device)
+
+    body = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("head.")]
+    groups = [{"params": list(model.head.parameters()), "weight_decay": settings["weight_decay"],
+               "peak_learning_rate": settings["head_learning_rate"]}]
+    if body:
+        groups.append({"params": body, "weight_decay": settings["weight_decay"], "peak_learning_rate": settings["learning_rate"]})
+    return train(model, next_batch, steps, settings["learning_rate"], device,
+                 loss_fn=lambda model, batch: token_cross_entropy(model(*batch[0]), batch[1]),
+                 parameter_groups=groups, warmup_steps=max(1, int(settings["warmup_fraction"] * steps)), floor_ratio=0.0,
+                 betas=(0.9, 0.999), description=description,
+                 checkpoint_path=checkpoint_path, checkpoint_every=max(1, steps // 10), resume=True, data_generator=schedule,
+                 run_settings={"description": description, "texts": len(texts), **settings})
 
 
 # --- the one entry point -----------------------------------------------------------------------
 
 
 def train_intent_classifier(texts: list[str], labels, intents: list[str], recipe: str = "frozen", settings: dict | None = None,
-                            device: torch.device | str | None = None, embeddings: np.ndarray | None = None) -> IntentClassifier:
+                            device: torch.device | str | None = None, embeddings: np.ndarray | None = None,
+                            checkpoint_path=None) -> IntentClassifier:
     """Train an intent classifier by one of three recipes (see the module docstring).
 
     ``settings`` overrides :data:`DEFAULT_SETTINGS` [recipe]; unknown keys are ignored so a lab's
     preset can carry other entries. ``embeddings`` (frozen recipe only): the output of
-    :func:`embed_texts` for ``texts``, so retraining the head skips the encoder.
+    ``llmlab.embeddings.embed`` for ``texts``, so retraining the head skips the encoder.
+    ``checkpoint_path`` (finetune and lora): checkpoints of the training run, which a second
+    call resumes, e.g. after a disconnect.
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    texts = _check_texts(texts)
+    texts = check_texts(texts)
     intents = list(intents)
     if not intents:
         raise ValueError("expected the list of intent names, got an empty list")
@@ -400,15 +359,15 @@ def train_intent_classifier(texts: list[str], labels, intents: list[str], recipe
 
     if recipe == "frozen":
         if embeddings is None:
-            embeddings = embed_texts(texts, device, chosen["max_length"], chosen["embed_batch_size"])
+            embeddings = embed(texts, device=device)
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if embeddings.shape[0] != len(texts) or embeddings.ndim != 2:
             raise ValueError(f"embeddings has shape {embeddings.shape}, expected ({len(texts)}, 384): one row per text")
-        tokenizer, encoder = _frozen_minilm(device)
+        tokenizer, encoder = shared_minilm(device)
         model = EncoderClassifier(encoder, len(intents), normalize=True)
         model.head = fit_linear_head(embeddings, labels, len(intents), chosen["C"], chosen["max_iter"])
         model.to(device)
-        trainable = model.head.weight.numel() + model.head.bias.numel()
+        trainable = count_parameters(model.head)
     else:
         seed_everything(chosen["seed"])
         tokenizer, encoder = load_minilm(device, verbose=False)
@@ -417,10 +376,11 @@ def train_intent_classifier(texts: list[str], labels, intents: list[str], recipe
         else:
             _freeze_lower_layers(encoder, chosen["train_layers"])
         model = EncoderClassifier(encoder, len(intents), normalize=False, dropout=chosen["dropout"]).to(device)
-        trainable = count_trainable_parameters(model)
-        _train_loop(model, tokenizer, texts, labels, chosen, device, description=f"{recipe} training")
+        trainable = count_parameters(model, trainable_only=True)
+        _fine_tune(model, tokenizer, texts, labels, chosen, device, description=f"{recipe} training",
+                   checkpoint_path=checkpoint_path)
     seconds = time.perf_counter() - started
-    return IntentClassifier(intents, model, tokenizer, recipe, chosen["max_length"], seconds, trainable)
+    return IntentClassifier(intents, model, tokenizer, recipe, chosen.get("max_length", MAX_TOKENS), seconds, trainable)
 
 
 def folder_megabytes(folder) -> float:
@@ -437,11 +397,11 @@ def folder_megabytes(folder) -> float:
 def benchmark(preset: str) -> dict:
     """Train the preset's benchmark recipe on BANKING77, evaluate on the test split and print what was measured."""
     from llmlab.data import banking77
-    from llmlab.metrics_classification import accuracy, macro_f1
-    from llmlab.presets import LAB_PRESETS
-    from llmlab.runtime import describe_device
+    from llmlab.metrics import accuracy, macro_f1
+    from llmlab.presets import lab_settings
+    from llmlab.runtime import describe_machine
 
-    settings = LAB_PRESETS["04_fine_tuning"][preset]
+    settings = lab_settings("04_fine_tuning", preset)
     recipe = settings["bench_recipe"]
     recipe_settings = settings[f"{recipe}_settings"]
     device = pick_device()
@@ -466,24 +426,13 @@ def benchmark(preset: str) -> dict:
         macro_f1=macro_f1(test["label"], predicted, len(classifier.intents)),
         train_seconds=trained - started, total_seconds=finished - started,
         trainable_parameters=classifier.trainable_parameters,
-        machine=f"{describe_device(device)}, {_cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        machine=f"{describe_machine(device)}, torch {torch.__version__}",
     )
     print(f"test accuracy {result['test_accuracy']:.4f} | macro-F1 {result['macro_f1']:.4f} | "
           f"{result['train_seconds']:.1f} s training (embedding included), {result['total_seconds']:.1f} s with the test set | "
           f"{result['trainable_parameters']:,} trainable parameters")
     print("machine:", result["machine"])
     return result
-
-
-def _cpu_model() -> str:
-    """The processor's model name where Linux reports it (/proc/cpuinfo), else the architecture."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --- data helpers ----------------------------------------------------------------------------

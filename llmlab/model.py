@@ -2,8 +2,8 @@
 
 Token embeddings (+ learned positions unless attention is rotary) → blocks of
 [LayerNorm → causal multi-head attention → residual, LayerNorm → MLP → residual]
-→ final LayerNorm → a linear layer to vocabulary logits. The attention class is a
-parameter so that a learner's own implementation from Lab 2 can be dropped in.
+→ final LayerNorm → a linear layer to vocabulary logits. The attention class and the block class
+are parameters, so that a learner's own attention (Lab 2) or block (Lab 3) can be dropped in.
 """
 
 from __future__ import annotations
@@ -14,7 +14,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from llmlab.attention import MultiHeadSelfAttention
+from llmlab.attention import KVCache, LayerCache, MultiHeadSelfAttention
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Numbers in a module's parameters (a tied matrix counts once); only those with gradients if ``trainable_only``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
 @dataclass
@@ -55,20 +60,26 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, keep_weights: bool = False) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.norm_attention(x), keep_weights=keep_weights))
+    def forward(self, x: torch.Tensor, keep_weights: bool = False, cache: LayerCache | None = None) -> torch.Tensor:
+        # The cache is passed on only during cached generation, so an attention without one still fits.
+        attention_options = {"keep_weights": keep_weights} | ({"cache": cache} if cache is not None else {})
+        x = x + self.dropout(self.attention(self.norm_attention(x), **attention_options))
         return x + self.mlp(self.norm_mlp(x))
 
 
 class GPT(nn.Module):
-    def __init__(self, config: GPTConfig, attention_cls=MultiHeadSelfAttention):
+    """``block_cls(config, attention_cls)`` builds each block; it must keep Block's submodule names
+    (so weights and checkpoints carry over) and its forward(x, keep_weights=False); only cached
+    generation also passes ``cache``."""
+
+    def __init__(self, config: GPTConfig, attention_cls=MultiHeadSelfAttention, block_cls=Block):
         super().__init__()
         self.config = config
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
         # Rotary attention carries position inside every attention layer, so no position table is needed.
         self.position_embedding = None if config.rotary else nn.Embedding(config.context, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, attention_cls) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(block_cls(config, attention_cls) for _ in range(config.n_layers))
         self.final_norm = nn.LayerNorm(config.d_model, bias=config.bias)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_weights:
@@ -87,27 +98,46 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    @property
+    def context(self) -> int:
+        """The most tokens the model reads at once."""
+        return self.config.context
 
-    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, keep_weights: bool = False):
-        """Logits (batch, n, vocab); with targets also the mean cross-entropy (targets of -100 are ignored)."""
+    def parameter_count(self) -> int:
+        return count_parameters(self)
+
+    def forward(self, tokens: torch.Tensor, keep_weights: bool = False, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (batch, n, vocab): at position t, scores for the token that follows tokens[:, :t + 1].
+
+        With ``cache`` (from :meth:`new_cache`), ``tokens`` continue the texts whose keys and values the
+        cache already holds, and their own keys and values are added to it.
+        """
         if tokens.dim() != 2:
             raise ValueError(f"expected token ids of shape (batch, positions), got {tuple(tokens.shape)}")
         n = tokens.shape[1]
-        if n > self.config.context:
-            raise ValueError(f"sequence of {n} tokens is longer than the model's context of {self.config.context}")
+        seen = cache.length if cache is not None else 0
+        if seen + n > self.config.context:
+            raise ValueError(f"sequence of {seen + n} tokens is longer than the model's context of {self.config.context}")
         x = self.token_embedding(tokens)
         if self.position_embedding is not None:
-            x = x + self.position_embedding(torch.arange(n, device=tokens.device))
+            positions = torch.arange(n, device=tokens.device) if cache is None else cache.positions[:, seen:seen + n]
+            x = x + self.position_embedding(positions)
         x = self.dropout(x)
-        for block in self.blocks:
-            x = block(x, keep_weights=keep_weights)
-        logits = self.lm_head(self.final_norm(x))
-        if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        return logits, loss
+        for layer, block in enumerate(self.blocks):
+            if cache is None:
+                x = block(x, keep_weights=keep_weights)
+            else:
+                x = block(x, keep_weights=keep_weights, cache=LayerCache(cache, layer))
+        if cache is not None:
+            cache.advance(n)
+        return self.lm_head(self.final_norm(x))
+
+    def new_cache(self, batch: int = 1, max_tokens: int | None = None) -> KVCache:
+        """An empty KV cache for ``batch`` texts of up to ``max_tokens`` tokens (default: the context), on the model's device."""
+        weight = self.token_embedding.weight
+        d_head = self.config.d_model // self.config.n_heads
+        return KVCache(self.config.n_layers, batch, self.config.n_heads, d_head, max_tokens or self.config.context,
+                       device=weight.device, dtype=weight.dtype)
 
     def attention_weights(self) -> list[torch.Tensor]:
         """Weights (batch, heads, n, n) of each layer from the last forward pass run with keep_weights=True."""

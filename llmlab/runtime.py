@@ -9,12 +9,12 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-PRESETS = ("smoke", "cpu", "gpu")
-PRESET_HELP = "smoke = seconds (what the tests run), cpu = a few minutes on a laptop, gpu = a Colab T4"
+from llmlab.presets import check_preset, lab_settings
 
 
 def preset_name() -> str:
@@ -22,9 +22,10 @@ def preset_name() -> str:
     name = os.environ.get("LLMLAB_PRESET", "").strip().lower()
     if not name:
         return "gpu" if torch.cuda.is_available() else "cpu"
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset LLMLAB_PRESET={name!r}; valid presets: {', '.join(PRESETS)} ({PRESET_HELP})")
-    return name
+    try:
+        return check_preset(name)
+    except ValueError as error:
+        raise ValueError(f"LLMLAB_PRESET: {error}") from None
 
 
 def pick_device() -> torch.device:
@@ -96,18 +97,36 @@ class LabRun:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
+    def checkpoint(self, name: str) -> Path:
+        """Where this lab's run ``name`` keeps its checkpoint at this preset (see :func:`checkpoint_path`)."""
+        return checkpoint_path(self.lab, name, self.preset)
+
     def summary(self) -> str:
         return (
-            f"{self.lab}: preset {self.preset!r} on {describe_device(self.device)}, {self.precision.name}; "
+            f"{self.lab}: preset {self.preset!r} on {describe_machine(self.device)}, {self.precision.name}; "
             f"{self.elapsed():.1f} s since start_lab"
         )
 
 
-def describe_device(device: torch.device) -> str:
+def _processor_name() -> str:
+    """The processor's model name where Linux reports it (/proc/cpuinfo), else what Python knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_machine(device: torch.device | None = None) -> str:
+    """What a measurement ran on, in one line: the GPU's name, or the processor, its cores and torch's threads."""
+    device = device if device is not None else pick_device()
     if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"cuda: {torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
     if device.type == "cpu":
-        return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+        return f"cpu: {_processor_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
     return device.type
 
 
@@ -124,32 +143,44 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def runs_folder(lab: str) -> Path:
+    """The folder where lab ``lab`` keeps checkpoints and saved models: ``runs/<lab>``, or ``$LLMLAB_RUNS/<lab>``.
+
+    On Colab, set ``LLMLAB_RUNS`` to a folder of your Google Drive (after ``drive.mount``) and a
+    long run survives a disconnect: re-running its cell continues from the last checkpoint.
+    """
+    folder = Path(os.environ.get("LLMLAB_RUNS") or "runs").expanduser() / lab
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def checkpoint_path(lab: str, name: str, preset: str) -> Path:
+    """``<runs folder>/<name>-<preset>.safetensors``: one file per run and preset, so a smoke run never meets a cpu checkpoint."""
+    return runs_folder(lab) / f"{name}-{check_preset(preset)}.safetensors"
+
+
 def start_lab(lab: str, seed: int = 0) -> tuple[dict, LabRun]:
     """Pick the preset, device and precision for a lab, seed everything and print what was chosen.
 
     The settings come from ``llmlab.presets.LAB_PRESETS[lab]``.
     Returns (settings, run) where run.summary() reports the elapsed time at the end.
     """
-    from llmlab.presets import LAB_PRESETS
-
-    if lab not in LAB_PRESETS:
-        raise KeyError(f"no presets for lab {lab!r}; labs with presets: {', '.join(sorted(LAB_PRESETS))}")
-    presets = LAB_PRESETS[lab]
-    missing = [name for name in PRESETS if name not in presets]
-    if missing:
-        raise ValueError(f"{lab}: presets {missing} are missing; every lab defines {', '.join(PRESETS)}")
     name = preset_name()
+    config = lab_settings(lab, name)
     device = pick_device()
     if name == "gpu" and device.type != "cuda":
         print("note: preset 'gpu' on a machine without CUDA; it will run, slowly, on", device.type)
     precision = pick_precision(device)
     seed_everything(seed)
-    config = dict(presets[name])
     run = LabRun(lab=lab, preset=name, device=device, precision=precision, config=config)
     versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
-    print(f"{lab} | preset {name} | device {describe_device(device)} | precision {precision.name} | seed {seed}")
+    print(f"{lab} | preset {name} | device {describe_machine(device)} | precision {precision.name} | seed {seed}")
     print(f"versions: {versions}")
     print("settings:", ", ".join(f"{k}={v}" for k, v in config.items()))
+    if name == "gpu":
+        from llmlab.memory import gpu_memory_line  # recorded numbers: nothing is measured here
+
+        print("memory:", gpu_memory_line(lab))
     return config, run
 
 

@@ -7,17 +7,28 @@
          "evidence": ["I am still waiting on my card?", …]}
     422 {"detail": [{"loc": ["body", "text"], "msg": "…what is wrong…", "type": "…"}]}
 
-Privacy: the message is redacted (llmlab.privacy) before it is logged, and only the redacted
-text, the intent, the confidence and the decision are logged; nothing is stored. The 422
-answers leave out the rejected input, so a too-long message full of personal data is not
-echoed back into a client's or a proxy's logs either.
+Size: a body longer than ``MAX_BODY_BYTES`` is refused with 413 before it is parsed, whether
+the client declares its length or streams it; a message longer than ``MAX_TEXT_CHARACTERS``
+characters is refused with 422.
+
+Privacy: by default the log holds no free text at all, only the intent, the confidence, the
+decision, the message's length and a keyed hash of it (HMAC-SHA256 with a key that lives only
+in the server's memory: it tells an operator that two requests carried the same message,
+without the message being recoverable from the log by guessing). Regex redaction
+(``llmlab.privacy``) misses names, addresses and formats it was not written for, so logging
+the redacted text is an explicit choice: ``create_app(assistant, log_text="redacted")``.
+Nothing is stored. The 422 answers leave out the rejected input, so a too-long message full of
+personal data is not echoed back into a client's or a proxy's logs either.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import os
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
@@ -25,7 +36,44 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 from llmlab.privacy import redact
 
 MAX_TEXT_CHARACTERS = 1000  # a support message, not a document; longer ones are refused with 422
+# The largest body a valid request can need: 1000 characters written as JSON escapes of up to
+# 12 bytes each (a character outside the BMP is two \uXXXX escapes), plus the braces and the key.
+MAX_BODY_BYTES = 16 * 1024
+LOG_TEXT_CHOICES = ("none", "redacted")
 logger = logging.getLogger("llmlab.serve")
+TOO_LARGE = f"the request body is larger than {MAX_BODY_BYTES:,} bytes; a message has at most {MAX_TEXT_CHARACTERS} characters"
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse a request body over ``max_bytes`` with 413 before anything reads all of it.
+
+    A declared Content-Length is checked at once; a streamed (chunked) body is counted as it
+    arrives and cut off as soon as it passes the limit.
+    """
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            response = JSONResponse(status_code=413, content={"detail": [{"loc": ["body"], "msg": TOO_LARGE, "type": "too_large"}]})
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(status_code=413, detail=[{"loc": ["body"], "msg": TOO_LARGE, "type": "too_large"}])
+            return message
+
+        await self.app(scope, counted_receive, send)
 
 
 class ClassifyRequest(BaseModel):
@@ -69,9 +117,18 @@ def _readable_errors(errors) -> list[dict]:
     return plain
 
 
-def create_app(assistant) -> FastAPI:
-    """A FastAPI app serving ``assistant`` (a :class:`llmlab.assistant.SupportAssistant` or anything with ``reply``)."""
+def create_app(assistant, log_text: str = "none", hash_key: bytes | None = None) -> FastAPI:
+    """A FastAPI app serving ``assistant`` (a :class:`llmlab.assistant.SupportAssistant` or anything with ``reply``).
+
+    ``log_text``: "none" (the default) logs no text of the message; "redacted" adds the message
+    after ``llmlab.privacy.redact``. ``hash_key``: the key of the logged message hash (default:
+    random, so hashes are comparable only within one server's lifetime).
+    """
+    if log_text not in LOG_TEXT_CHOICES:
+        raise ValueError(f"log_text must be one of {', '.join(LOG_TEXT_CHOICES)}, got {log_text!r}")
+    key = hash_key if hash_key is not None else os.urandom(32)
     app = FastAPI(title="Support assistant", description="Classify a customer message, answer it or hand it to a person.")
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -79,10 +136,14 @@ def create_app(assistant) -> FastAPI:
 
     @app.post("/classify", response_model=ClassifyResponse)
     def classify(request: ClassifyRequest) -> ClassifyResponse:
-        # Redact first: the raw text is never passed to the logger, whatever the log level.
-        safe_text = redact(request.text)
         reply = assistant.reply(request.text)
-        logger.info("classified %r as %s (confidence %.3f, handoff %s)", safe_text, reply.intent, reply.confidence, reply.handoff)
+        # The raw text never reaches the logger, whatever the log level.
+        digest = hmac.new(key, request.text.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+        line = (f"classified a message of {len(request.text)} characters (hash {digest}) as {reply.intent} "
+                f"(confidence {reply.confidence:.3f}, handoff {reply.handoff})")
+        if log_text == "redacted":
+            line += f"; redacted text: {redact(request.text)!r}"
+        logger.info(line)
         return ClassifyResponse(intent=reply.intent, confidence=reply.confidence, answer=reply.answer, handoff=reply.handoff,
                                 evidence=[item.text for item in reply.evidence])
 

@@ -1,4 +1,9 @@
-"""Tokenizers for Lab 1: byte-pair encoding by hand on a toy corpus, and trained for real with `tokenizers`.
+"""Every tokenizer of the course: characters, byte-pair encoding by hand, and BPE trained with `tokenizers`.
+
+- ``CharTokenizer``: one token per distinct character (the character-level models of Labs 1 and 3);
+- ``toy_corpus`` … ``train_toy_bpe``: BPE merges written out (Lab 1's exercise);
+- ``train_byte_level_bpe``: a GPT-2-style byte-level BPE trained with the `tokenizers` library;
+- ``count_tokens`` / ``characters_per_token``: what a tokenizer makes of a text, for any tokenizer.
 
 A toy corpus here is a dict from a word, written as a tuple of symbols, to how
 often it occurs: ``{("l", "o", "w"): 5, ("l", "o", "w", "e", "r"): 2}``. One BPE
@@ -11,8 +16,39 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 
+import torch
+
 Words = dict[tuple[str, ...], int]
 Pair = tuple[str, str]
+
+
+class CharTokenizer:
+    """One token per distinct character, in sorted order (65 for Tiny Shakespeare)."""
+
+    def __init__(self, alphabet: str):
+        if not alphabet:
+            raise ValueError("the alphabet is empty: build the tokenizer from a non-empty text")
+        if len(set(alphabet)) != len(alphabet):
+            raise ValueError("the alphabet must list each character once")
+        self.alphabet = alphabet
+        self.ids = {character: index for index, character in enumerate(alphabet)}
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        return cls("".join(sorted(set(text))))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.alphabet)
+
+    def encode(self, text: str) -> torch.Tensor:
+        unknown = sorted(set(text) - set(self.ids))
+        if unknown:
+            raise ValueError(f"characters not in the tokenizer's alphabet: {''.join(unknown)[:20]!r}")
+        return torch.tensor([self.ids[character] for character in text], dtype=torch.long)
+
+    def decode(self, ids) -> str:
+        return "".join(self.alphabet[int(i)] for i in torch.as_tensor(ids).tolist())
 
 
 def toy_corpus(text: str) -> Words:

@@ -1,4 +1,4 @@
-"""POST /classify through real HTTP clients: answers, hand-offs, 422s with clear messages, redacted logs."""
+"""POST /classify through real HTTP clients: answers, hand-offs, 413s and 422s with clear messages, logs without free text."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from llmlab.assistant import NearestQuestions, SupportAssistant, load_answers
-from llmlab.serve import MAX_TEXT_CHARACTERS, create_app
+from llmlab.serve import MAX_BODY_BYTES, MAX_TEXT_CHARACTERS, create_app
 
 
 class FakeIntentClassifier:
@@ -29,12 +29,15 @@ def constant_vectors(texts):
     return np.ones((len(texts), 4), dtype=np.float32) / 2.0
 
 
-@pytest.fixture
-def client():
+def fake_assistant():
     answers = {"card_arrival": "It is on its way.", "lost_or_stolen_card": "Freeze your card in the app now."}
     evidence = NearestQuestions(["my card was stolen"], ["lost_or_stolen_card"], constant_vectors)
-    app = create_app(SupportAssistant(FakeIntentClassifier(), answers, threshold=0.5, evidence=evidence))
-    with TestClient(app) as test_client:
+    return SupportAssistant(FakeIntentClassifier(), answers, threshold=0.5, evidence=evidence)
+
+
+@pytest.fixture
+def client():
+    with TestClient(create_app(fake_assistant())) as test_client:
         yield test_client
 
 
@@ -74,31 +77,62 @@ def test_exactly_the_limit_is_accepted(client):
     assert client.post("/classify", json={"text": "b" * MAX_TEXT_CHARACTERS}).status_code == 200
 
 
-def test_logs_hold_only_redacted_text(client, caplog):
-    message = "my card 4111 1111 1111 1111 was stolen, call +44 20 7946 0958 or mail ana+x@mail.example.com"
+def test_a_body_over_the_limit_is_refused_before_it_is_parsed(client):
+    too_long = b'{"text": "' + b"a" * MAX_BODY_BYTES + b'"}'
+    declared = client.post("/classify", content=too_long, headers={"content-type": "application/json"})
+    assert declared.status_code == 413 and "larger than" in declared.text
+
+    def chunks():  # no Content-Length: the server must count what arrives
+        yield b'{"text": "'
+        for _ in range(MAX_BODY_BYTES // 1024 + 2):
+            yield b"a" * 1024
+        yield b'"}'
+
+    streamed = client.post("/classify", content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413 and "larger than" in streamed.text
+    # the largest valid message, written with JSON escapes, still fits
+    escaped = '{"text": "' + "\\ud83d\\ude00" * MAX_TEXT_CHARACTERS + '"}'
+    assert len(escaped.encode()) <= MAX_BODY_BYTES
+    assert client.post("/classify", content=escaped, headers={"content-type": "application/json"}).status_code == 200
+
+
+MESSAGE_WITH_SECRETS = "my card 4111 1111 1111 1111 was stolen, I am Ana Souza of 12 Rua Augusta, mail ana+x@mail.example.com"
+
+
+def test_logs_hold_no_free_text_by_default(client, caplog):
     with caplog.at_level(logging.DEBUG):
-        assert client.post("/classify", json={"text": message}).status_code == 200
-    logged = caplog.text
-    assert "lost_or_stolen_card" in logged and "[CARD]" in logged and "[PHONE]" in logged and "[EMAIL]" in logged
-    for secret in ("4111", "7946", "ana+x", "example.com"):
-        assert secret not in logged
-    assert all(secret not in str(record.args) for record in caplog.records for secret in ("4111", "7946"))
+        assert client.post("/classify", json={"text": MESSAGE_WITH_SECRETS}).status_code == 200
+        assert client.post("/classify", json={"text": MESSAGE_WITH_SECRETS}).status_code == 200
+    first, second = [record.getMessage() for record in caplog.records if record.name == "llmlab.serve"]
+    assert "lost_or_stolen_card" in first and f"{len(MESSAGE_WITH_SECRETS)} characters" in first
+    assert first == second  # the same message gets the same hash, so repeats can be counted
+    for secret in ("4111", "Ana", "Souza", "Augusta", "ana+x", "example.com", "stolen,"):
+        assert secret not in caplog.text
+
+
+def test_redacted_text_is_logged_only_when_asked(caplog):
+    with TestClient(create_app(fake_assistant(), log_text="redacted")) as test_client, caplog.at_level(logging.INFO):
+        assert test_client.post("/classify", json={"text": MESSAGE_WITH_SECRETS}).status_code == 200
+    assert "[CARD]" in caplog.text and "[EMAIL]" in caplog.text and "4111" not in caplog.text
+    with pytest.raises(ValueError, match="log_text must be one of none, redacted"):
+        create_app(fake_assistant(), log_text="everything")
 
 
 @pytest.fixture(scope="module")
 def real_assistant():
     """Lab 4's frozen-recipe classifier on 5 examples per intent, with MiniLM evidence: small, but the real thing."""
     from llmlab.data import banking77, banking77_intents
-    from llmlab.intents import embed_texts, sample_per_intent, train_intent_classifier
+    from llmlab.embeddings import embed
+    from llmlab.intents import sample_per_intent, train_intent_classifier
 
     train = banking77()["train"]
     intents = banking77_intents()
     keep = sample_per_intent(train["label"], 5, seed=0)
     texts = [train["text"][i] for i in keep]
     labels = np.array(train["label"])[keep]
-    embeddings = embed_texts(texts, device="cpu", progress=False)
+    embeddings = embed(texts, progress=False)
     classifier = train_intent_classifier(texts, labels, intents, embeddings=embeddings, device="cpu")
-    evidence = NearestQuestions(texts, [intents[i] for i in labels], lambda batch: embed_texts(batch, device="cpu", progress=False), embeddings)
+    evidence = NearestQuestions(texts, [intents[i] for i in labels], lambda batch: embed(batch, progress=False), embeddings)
     return SupportAssistant(classifier, load_answers(intents=intents), threshold=0.2, evidence=evidence)
 
 

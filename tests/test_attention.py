@@ -85,10 +85,15 @@ def test_dot_product_variance_matches_simulation(d_k, var_q, var_k):
     assert measured == pytest.approx(predicted, rel=0.03)
 
 
-def test_scaled_scores_have_unit_variance_for_any_d_k():
+def test_llmlab_attention_scores_have_unit_variance_for_any_d_k():
+    """Inside llmlab's attention, log w_ij − log w_ik = s_ij − s_ik: with the 1/√d_k scale its variance is 2 for every d_k."""
+    generator = torch.Generator().manual_seed(0)
     for d_k in (4, 64, 1024):
-        q, k = torch.randn(2, 50_000, d_k).unbind(0)
-        assert ((q * k).sum(-1) / math.sqrt(d_k)).var().item() == pytest.approx(1.0, rel=0.05)
+        q = torch.randn(20_000, 1, d_k, generator=generator)
+        k = torch.randn(20_000, 2, d_k, generator=generator)
+        _, weights = attention.scaled_dot_product_attention(q, k, torch.zeros(20_000, 2, 1))
+        score_gaps = weights[:, 0, 0].log() - weights[:, 0, 1].log()
+        assert score_gaps.var().item() == pytest.approx(2.0, rel=0.05), d_k
 
 
 def test_dot_product_variance_rejects_nonpositive_size():
@@ -437,3 +442,13 @@ def test_cache_saves_more_the_longer_the_generation():
         for n in (1, 16, 256)
     ]
     assert 1 < ratios[0] < ratios[1] < ratios[2]
+
+
+def test_grouped_query_attention_divides_the_kv_cache():
+    # A 7B-class shape: 32 layers, width 4096, 32 query heads of 128 features, 4,096 tokens, fp16.
+    full = attention.kv_cache_bytes(32, 4096, 4096, n_heads=32)
+    assert full == 2 * 32 * 32 * 128 * 4096 * 2 == attention.kv_cache_bytes(32, 4096, 4096)
+    assert attention.kv_cache_bytes(32, 4096, 4096, n_heads=32, n_kv_heads=8) == full // 4   # grouped-query
+    assert attention.kv_cache_bytes(32, 4096, 4096, n_heads=32, n_kv_heads=1) == full // 32  # multi-query
+    with pytest.raises(ValueError, match="n_kv_heads dividing n_heads"):
+        attention.kv_cache_bytes(32, 4096, 4096, n_heads=32, n_kv_heads=5)

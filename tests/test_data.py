@@ -74,3 +74,12 @@ def test_data_dir_can_be_moved(monkeypatch, tmp_path):
     root = _copy_data(tmp_path)
     monkeypatch.setenv("LLMLAB_DATA", str(root))
     assert data.data_dir() == root and data.tiny_shakespeare().startswith("First Citizen:")
+
+
+def test_coffee_dialogs_alternate_and_start_with_the_customer():
+    dialogs = data.coffee_dialogs()
+    assert len(dialogs) == 3_710 and sum(len(d["turns"]) for d in dialogs) == 13_915
+    assert len({d["conversation_id"] for d in dialogs}) == 3_710
+    for dialog in dialogs:
+        speakers = [turn["speaker"] for turn in dialog["turns"]]
+        assert speakers[0] == "user" and all(a != b for a, b in zip(speakers, speakers[1:]))

@@ -54,40 +54,6 @@ def test_sensitivity_table_moves_the_right_way():
     assert by_key[("automation_rate", 1.5)]["value"] == 1.0  # capped
 
 
-def test_training_cost_from_six_n_d():
-    # 1e9 parameters × 2e10 tokens × 6 = 1.2e20 FLOPs; at 1e15 FLOP/s × 50% that is 2.4e5 s = 66.7 GPU-hours
-    run = economics.training_run_cost(1e9, 2e10, 1e15, 0.5, 2.0)
-    assert run["flops"] == pytest.approx(1.2e20)
-    assert run["gpu_hours"] == pytest.approx(2.4e5 / 3600)
-    assert run["cost"] == pytest.approx(2 * 2.4e5 / 3600)
-
-
-# --- the self-check of exercise 06.1 --------------------------------------------------------
-
-
-def test_break_even_check_passes_the_reference_and_names_mistakes():
-    from llmlab import checks
-
-    assert checks.check_break_even_volume(economics.break_even_volume)
-
-    def no_wrong_answers(costs, a, w):
-        return costs.fixed_monthly_cost / (a * costs.human_cost_per_ticket - costs.assistant_cost_per_ticket)
-
-    def negative_when_losing(costs, a, w):
-        return costs.fixed_monthly_cost / economics.margin_per_ticket(costs, a, w)
-
-    def assistant_cost_on_automated_only(costs, a, w):
-        return costs.fixed_monthly_cost / (a * costs.human_cost_per_ticket - a * costs.assistant_cost_per_ticket - w * costs.wrong_answer_cost)
-
-    def not_done(costs, a, w):
-        raise NotImplementedError
-
-    for implementation, phrase in {no_wrong_answers: "wrong answers are left out", negative_when_losing: "return math.inf",
-                                   assistant_cost_on_automated_only: "every ticket", not_done: "not implemented yet"}.items():
-        result = checks.check_break_even_volume(implementation)
-        assert not result and phrase in result.message, (implementation.__name__, result.message)
-
-
 def test_build_buy_adapt_crossover():
     api = economics.SourcingOption("API", upfront=1_000, monthly_fixed=0, per_request=0.002)
     hosted = economics.SourcingOption("open-weight, self-hosted", upfront=10_000, monthly_fixed=1_500, per_request=0.0002)

@@ -1,4 +1,4 @@
-"""The intent classifier of Lab 4: three recipes, predictions, save/load, clear errors, metrics, LoRA."""
+"""The intent classifier of Lab 4: three recipes, predictions, save/load, clear errors, LoRA, the benchmark."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from llmlab import intents as routing
-from llmlab import metrics_classification as metrics
+from llmlab.embeddings import embed
 from llmlab.lora import LoRALinear, lora_parameter_count
 
 INTENTS = ["card_arrival", "exchange_rate", "lost_or_stolen_card"]
@@ -42,13 +42,14 @@ def test_frozen_recipe_learns_the_toy_intents(frozen):
 def test_frozen_head_equals_scikit_learn_and_reuses_embeddings(frozen):
     from sklearn.linear_model import LogisticRegression
 
-    embeddings = routing.embed_texts(TEXTS, device="cpu", progress=False)
-    assert embeddings.shape == (12, 384)
-    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    embeddings = embed(TEXTS, progress=False).numpy()
     reference = LogisticRegression(C=20.0, max_iter=300).fit(embeddings, LABELS)
     again = routing.train_intent_classifier(TEXTS, LABELS, INTENTS, recipe="frozen", device="cpu", embeddings=embeddings)
-    np.testing.assert_allclose(again.predict_proba(NEW_MESSAGES),
-                               reference.predict_proba(routing.embed_texts(NEW_MESSAGES, "cpu", progress=False)), atol=1e-4)
+    np.testing.assert_allclose(again.predict_proba(NEW_MESSAGES), reference.predict_proba(embed(NEW_MESSAGES, progress=False).numpy()),
+                               atol=1e-4)
+    # the classifier reads a text exactly as llmlab.embeddings embeds it: the head on the embeddings gives the same answer
+    np.testing.assert_allclose(again.probabilities_from_embeddings(embed(NEW_MESSAGES, progress=False)),
+                               again.predict_proba(NEW_MESSAGES), atol=1e-5)
     np.testing.assert_allclose(again.predict_proba(TEXTS), frozen.predict_proba(TEXTS), atol=1e-5)
 
 
@@ -97,7 +98,7 @@ def test_trainable_parameter_counts():
 
 
 def test_fine_tuning_changes_the_encoder_and_lowers_the_loss():
-    from llmlab.encoders import load_minilm
+    from llmlab.embeddings import load_minilm
 
     settings = dict(epochs=3, batch_size=4, learning_rate=2e-4, max_length=16)
     classifier = routing.train_intent_classifier(TEXTS, LABELS, INTENTS, "finetune", settings, "cpu")
@@ -135,6 +136,25 @@ def test_bad_training_input_gives_one_clear_line():
         routing.IntentClassifier.load("/nonexistent/folder")
 
 
+def test_a_saved_classifier_with_an_unknown_recipe_is_refused(frozen, tmp_path):
+    import json
+
+    frozen.save(tmp_path / "saved")
+    config_file = tmp_path / "saved" / "intent_classifier.json"
+    for recipe in ("distilled", None):
+        config = json.loads(config_file.read_text())
+        config["recipe"] = recipe
+        config_file.write_text(json.dumps(config))
+        with pytest.raises(ValueError, match=f"names the recipe {recipe!r}; a saved classifier is one of frozen, finetune, lora"):
+            routing.IntentClassifier.load(tmp_path / "saved", device="cpu")
+
+
+def test_probabilities_from_embeddings_need_the_frozen_recipe(frozen):
+    finetuned = routing.train_intent_classifier(TEXTS, LABELS, INTENTS, "finetune", dict(epochs=1, batch_size=12, max_length=16), "cpu")
+    with pytest.raises(ValueError, match="recipe='frozen'.*this one is 'finetune'"):
+        finetuned.probabilities_from_embeddings(np.zeros((2, 384)))
+
+
 def test_sample_per_intent_is_stratified_and_repeatable():
     labels = np.repeat(np.arange(5), [10, 3, 7, 20, 1])
     chosen = routing.sample_per_intent(labels, 4, seed=1)
@@ -144,27 +164,6 @@ def test_sample_per_intent_is_stratified_and_repeatable():
     assert chosen != routing.sample_per_intent(labels, 4, seed=2)
     with pytest.raises(ValueError, match="at least 1"):
         routing.sample_per_intent(labels, 0)
-
-
-def test_metrics_match_scikit_learn():
-    from sklearn import metrics as sk
-
-    generator = np.random.default_rng(0)
-    true = generator.integers(0, 6, 300)
-    predicted = np.where(generator.random(300) < 0.6, true, generator.integers(0, 6, 300))
-    predicted[predicted == 5] = 4  # class 5 is never predicted: its F1 is 0, not undefined
-    assert metrics.accuracy(true, predicted) == pytest.approx(sk.accuracy_score(true, predicted))
-    assert metrics.macro_f1(true, predicted, 6) == pytest.approx(sk.f1_score(true, predicted, average="macro"))
-    np.testing.assert_array_equal(metrics.confusion_matrix(true, predicted, 6), sk.confusion_matrix(true, predicted, labels=range(6)))
-    pairs = metrics.most_confused_pairs(true, predicted, list("abcdef"), top=3)
-    assert pairs[0][:2] == ("f", "e") and pairs[0][2] == ((true == 5) & (predicted == 4)).sum()
-
-
-def test_calibration_error():
-    assert metrics.expected_calibration_error([0.9] * 10, [1] * 9 + [0]) == pytest.approx(0.0)
-    assert metrics.expected_calibration_error([0.9] * 10, [1] * 5 + [0] * 5) == pytest.approx(0.4)
-    table = metrics.reliability_table([0.15, 0.95, 0.95], [0, 1, 0])
-    assert table == [(pytest.approx(0.15), 0.0, 1), (pytest.approx(0.95), 0.5, 2)]
 
 
 def test_lora_linear_starts_at_the_base_layer_and_matches_peft():
@@ -195,7 +194,9 @@ def test_benchmark_measures_on_the_smoke_preset(capsys):
     assert result["preset"] == "smoke" and result["recipe"] == "frozen"
     assert 0.3 < result["test_accuracy"] <= 1.0 and 0.0 < result["macro_f1"] <= 1.0
     assert result["train_seconds"] > 0 and result["total_seconds"] >= result["train_seconds"]
-    assert f"test accuracy {result['test_accuracy']:.4f}" in printed and "machine:" in printed
+    assert f"test accuracy {result['test_accuracy']:.4f}" in printed and "machine: cpu: " in printed
+    with pytest.raises(ValueError, match="unknown preset 'tiny'; valid presets: smoke, cpu, gpu"):
+        routing.benchmark("tiny")
 
 
 def test_folder_megabytes_counts_files_and_folders(tmp_path):
@@ -204,3 +205,37 @@ def test_folder_megabytes_counts_files_and_folders(tmp_path):
     (tmp_path / "inner" / "b.bin").write_bytes(b"x" * 500)
     assert routing.folder_megabytes(tmp_path) == pytest.approx(0.0015)
     assert routing.folder_megabytes(tmp_path / "a.bin") == pytest.approx(0.001)
+
+
+def test_head_C_is_chosen_on_training_folds_only():
+    generator = np.random.default_rng(0)
+    centres = generator.normal(size=(4, 8))
+    labels = np.repeat(np.arange(4), 12)
+    embeddings = centres[labels] + 0.8 * generator.normal(size=(48, 8))
+    best, scores = routing.choose_head_C(embeddings, labels, 4, candidates=(0.01, 1.0, 100.0), folds=3)
+    assert set(scores) == {0.01, 1.0, 100.0} and all(0.0 <= score <= 1.0 for score in scores.values())
+    assert best == min(C for C, score in scores.items() if score == max(scores.values()))  # ties: the simpler head
+    assert max(scores.values()) > 0.8  # the clusters are separable: cross-validated accuracy says so
+    with pytest.raises(ValueError, match="at least 2 examples of every intent"):
+        routing.choose_head_C(embeddings[:13], labels[:13], 4)
+
+
+@pytest.mark.parametrize("recipe", ["finetune", "lora"])
+def test_a_fine_tuning_run_cut_short_resumes_to_the_same_classifier(recipe, tmp_path, monkeypatch, capsys):
+    import functools
+
+    from llmlab import training
+
+    settings = dict(epochs=2, batch_size=4, max_length=16, lora_r=4, dropout=0.1)  # dropout: the random state must resume too
+    whole = routing.train_intent_classifier(TEXTS, LABELS, INTENTS, recipe, settings, "cpu")
+    checkpoint = tmp_path / "run.safetensors"
+    monkeypatch.setattr(routing, "train", functools.partial(training.train, stop_after_step=2))  # a disconnect after step 2
+    routing.train_intent_classifier(TEXTS, LABELS, INTENTS, recipe, settings, "cpu", checkpoint_path=checkpoint)
+    monkeypatch.setattr(routing, "train", training.train)
+    resumed = routing.train_intent_classifier(TEXTS, LABELS, INTENTS, recipe, settings, "cpu", checkpoint_path=checkpoint)
+    assert f"resumed from {checkpoint} at step 3 of" in capsys.readouterr().out
+    for (name, a), (_, b) in zip(whole.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    changed = dict(settings, epochs=3)
+    with pytest.raises(training.SettingsMismatch, match="epochs"):
+        routing.train_intent_classifier(TEXTS, LABELS, INTENTS, recipe, changed, "cpu", checkpoint_path=checkpoint)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import nbformat
 import pytest
 import yaml
 
-from llmlab import notebooks
+from llmlab.course import notebooks
 from llmlab.presets import LAB_PRESETS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,8 +79,8 @@ def test_every_exercise_has_metadata_and_a_self_check_cell(path):
     assert exercises, f"{path.name} has no exercises"
     for exercise in exercises:
         assert isinstance(exercise["points"], int) and exercise["points"] > 0
-        assert re.fullmatch(r"\d\d\.\d+", exercise["id"]), exercise["id"]
-        assert exercise["id"].startswith(path.name[:2])
+        assert re.fullmatch(r"\d\d[a-z]?\.\d+", exercise["id"]), exercise["id"]
+        assert exercise["id"].startswith(notebooks.lab_key(path.name) + ".")
 
 
 def _exercise_notebook(check_follows: bool = True, metadata: bool = True, end_marker: bool = True):
@@ -134,6 +135,36 @@ def test_a_fork_changes_one_line(tmp_path):
     assert not notebooks.sync_colab_cells(notebook, SOLUTIONS[0].name, fork_config)
 
 
+def test_labs_open_on_a_t4_and_link_to_the_published_chapters():
+    from llmlab.course.site import site_address
+
+    for path in SOLUTIONS:
+        for notebook in (read(path), read(ROOT / "labs" / path.name)):
+            assert notebook.metadata["accelerator"] == "GPU" and notebook.metadata["colab"]["gpuType"] == "T4"
+            assert "T4 GPU runtime" in notebook.cells[0].source
+        lab_text = "\n".join(cell.source for cell in read(ROOT / "labs" / path.name).cells if cell.cell_type == "markdown")
+        assert "](../" not in lab_text, f"labs/{path.name}: a relative link does not work on Colab"
+        assert f"]({site_address()}{notebooks.chapter_of(path.stem)}.html)" in lab_text
+
+
+def test_setup_cell_clones_the_configured_branch_and_explains_failures(tmp_path):
+    """Run the set-up cell as Colab would (a fake google.colab module, git and pip replaced by failing stand-ins)."""
+    url, branch = notebooks.repository()
+    source = read(SOLUTIONS[0]).cells[1].source
+    assert f'COURSE_BRANCH = "{branch}"' in source and '"--branch", COURSE_BRANCH' in source
+    assert "Save a copy in Drive" in source and "LLMLAB_PRESET" in source and "KEEP_RUNS_IN_DRIVE" in source
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "git").write_text("#!/bin/sh\necho 'fatal: repository not found' >&2\nexit 128\n")
+    (fake_bin / "git").chmod(0o755)
+    script = ("import sys, types\nsys.modules['google.colab'] = types.ModuleType('google.colab')\n" + source)
+    env = {**os.environ, "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode != 0
+    assert "fatal: repository not found" in result.stdout, "git's own message is shown"
+    assert "set-up stopped: `git clone --depth 1 --branch" in result.stderr and "COURSE_REPOSITORY" in result.stderr
+
+
 def test_setup_cell_does_nothing_outside_colab(tmp_path):
     url, _ = notebooks.repository()
     script = notebooks.setup_source(url) + "\nprint(os.getcwd())"
@@ -171,8 +202,21 @@ def test_chapter_files_share_number_and_name_and_toc_lists_only_existing_pages()
         assert any((ROOT / f"{entry}{suffix}").is_file() for suffix in (".md", ".ipynb")), f"_toc.yml lists missing page {entry}"
     for path in SOLUTIONS:
         assert (ROOT / "labs" / path.name).is_file()
-        assert (ROOT / "book" / f"{path.stem}.md").is_file(), f"solutions/{path.name} has no book/{path.stem}.md"
-        assert f"solutions/{path.stem}" in files and f"book/{path.stem}" in files
+        chapter = notebooks.chapter_of(path.stem)  # a chapter's first lab shares its name; a further one (04b_…) its number
+        assert chapter == f"book/{path.stem}" or (re.fullmatch(r"\d\d[a-z]_\w+", path.stem) and chapter.startswith(f"book/{path.stem[:2]}_")), \
+            f"solutions/{path.name} is listed under {chapter}"
+        assert (ROOT / f"{chapter}.md").is_file() and f"solutions/{path.stem}" in files
+
+
+def test_lab_keys_and_chapters_of_further_labs():
+    assert notebooks.lab_key("04b_instruction_tuning.ipynb") == "04b" and notebooks.lab_key("solutions/02_attention.ipynb") == "02"
+    assert notebooks.chapter_of("04b_instruction_tuning") == "book/04_fine_tuning"
+    assert notebooks.chapter_of("02_attention") == "book/02_attention"
+    with pytest.raises(KeyError, match="solutions/99_nothing"):
+        notebooks.chapter_of("99_nothing")
+    wrong_prefix = _exercise_notebook()
+    with pytest.raises(ValueError, match="must start with the lab's key, 04b."):
+        notebooks.validate_exercises(wrong_prefix, "04b_second_lab.ipynb")
 
 
 def test_tidy_outputs_keeps_only_finished_progress_bars():
@@ -195,3 +239,11 @@ def test_committed_outputs_are_tidy(path):
         if cell.cell_type == "code":
             kinds = [(o.get("output_type"), o.get("name")) for o in cell.outputs]
             assert all(a != b or a[0] != "stream" for a, b in zip(kinds, kinds[1:])), f"{path.name}: untidy stream outputs"
+
+
+def test_book_exercises_use_the_labs_difficulty_scale():
+    """One scale for lab and chapter exercises: every ':::{exercise} (level) title' names a level of notebooks.DIFFICULTIES."""
+    for chapter in sorted((ROOT / "book").glob("*.md")):
+        for header in re.findall(r"^:::\{exercise\}.*$", chapter.read_text(encoding="utf-8"), re.M):
+            level = re.match(r":::\{exercise\} \((\w+)\) ", header)
+            assert level and level.group(1) in notebooks.DIFFICULTIES, f"{chapter.name}: {header!r} has no level of {notebooks.DIFFICULTIES}"

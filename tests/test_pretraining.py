@@ -1,7 +1,9 @@
-"""Lab 3's pretraining code: tokenizer, batches, loss, sampling, GPT-2 equivalence, kill-and-resume."""
+"""Lab 3's pretraining run: GPT-2 equivalence, checkpoints, kill-and-resume, refusing another run's checkpoint, the benchmark,
+the learner's block class, and the pieces of the isoFLOP study."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -13,60 +15,20 @@ import pytest
 import torch
 
 from llmlab.checkpoint import load_checkpoint, save_checkpoint
-from llmlab.gpt2 import to_gpt2_lm_head_model
-from llmlab.model import GPT, GPTConfig
-from llmlab.presets import LAB_PRESETS
+from llmlab.costs import transformer_matrix_parameters
+from llmlab.hf_bridge import to_gpt2_lm_head_model
+from llmlab.lm import shakespeare_corpus
+from llmlab.metrics import token_cross_entropy
+from llmlab.model import GPT, Block, GPTConfig
+from llmlab.presets import lab_settings
 from llmlab.pretraining import (
-    CharTokenizer, FixedWindowLoss, causal_lm_loss, generate, pretrain, random_windows, shakespeare_corpus,
+    benchmark, fit_power_law, frontier_fit, isoflop_frontier, isoflop_run, isoflop_study, model_config,
+    parabola_minimum, pretrain, proportional_warmup, sized, steps_for_budget,
 )
+from llmlab.training import SettingsMismatch
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE = LAB_PRESETS["03_pretraining"]["smoke"]
-
-
-def test_tokenizer_round_trip_and_errors():
-    tokenizer = CharTokenizer.from_text("hello world")
-    assert tokenizer.vocab_size == 8 and tokenizer.decode(tokenizer.encode("low hell")) == "low hell"
-    with pytest.raises(ValueError, match="not in the tokenizer's alphabet"):
-        tokenizer.encode("HELLO")
-
-
-def test_corpus_is_the_nanogpt_split():
-    corpus = shakespeare_corpus()
-    assert corpus.tokenizer.vocab_size == 65
-    assert len(corpus.train) == 1_003_854 and len(corpus.val) == 111_540
-
-
-def test_windows_are_shifted_by_one():
-    ids = torch.arange(100)
-    inputs, targets = random_windows(ids, 4, 10, torch.Generator().manual_seed(0))
-    assert inputs.shape == targets.shape == (4, 10)
-    assert torch.equal(targets, inputs + 1)
-    with pytest.raises(ValueError, match="fewer than the context"):
-        random_windows(torch.arange(5), 1, 5, torch.Generator())
-
-
-def test_causal_lm_loss_matches_the_model_loss():
-    model = GPT(GPTConfig(vocab_size=20, context=16, d_model=32, n_heads=4, n_layers=1))
-    tokens = torch.randint(0, 20, (3, 16))
-    logits = model(tokens)
-    _, model_loss = model(tokens[:, :-1], tokens[:, 1:])
-    # The model's causal mask makes position t's logits independent of later tokens, so both agree.
-    assert torch.allclose(causal_lm_loss(logits, tokens), model_loss, atol=1e-6)
-    with pytest.raises(ValueError, match="share"):
-        causal_lm_loss(logits[:, :5], tokens)
-
-
-def test_generation_respects_top_k_and_length():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=10, context=8, d_model=16, n_heads=2, n_layers=1))
-    out = generate(model, torch.tensor([1, 2, 3]), 20, temperature=0.7, top_k=1, generator=torch.Generator().manual_seed(0))
-    assert out.shape == (23,) and torch.equal(out[:3], torch.tensor([1, 2, 3]))
-    # top_k=1 is greedy: generating again gives the same text.
-    again = generate(model, torch.tensor([1, 2, 3]), 20, temperature=0.7, top_k=1, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(out, again)
-    with pytest.raises(ValueError, match="temperature"):
-        generate(model, torch.tensor([1]), 1, temperature=0)
+SMOKE = lab_settings("03_pretraining", "smoke")
 
 
 def test_same_architecture_as_gpt2_lm_head_model():
@@ -85,7 +47,7 @@ def test_same_architecture_as_gpt2_lm_head_model():
 def test_checkpoint_round_trip_with_tied_weights(tmp_path):
     model = GPT(GPTConfig(vocab_size=11, context=8, d_model=16, n_heads=2, n_layers=1))
     optimizer = torch.optim.AdamW(model.parameters())
-    model(torch.randint(0, 11, (2, 8)), torch.randint(0, 11, (2, 8)))[1].backward()
+    token_cross_entropy(model(torch.randint(0, 11, (2, 8))), torch.randint(0, 11, (2, 8))).backward()
     optimizer.step()
     path = save_checkpoint(tmp_path / "c.safetensors", model, optimizer, step=7, rng={"torch": torch.get_rng_state()}, metadata={"note": "x"})
     fresh = GPT(GPTConfig(vocab_size=11, context=8, d_model=16, n_heads=2, n_layers=1))
@@ -137,9 +99,7 @@ def test_killed_process_resumes_to_the_same_loss(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
         if path.is_file():
-            step, _, _ = load_checkpoint(path, GPT(GPTConfig(vocab_size=65, context=settings["context"], d_model=settings["d_model"],
-                                                             n_heads=settings["n_heads"], n_layers=settings["n_layers"],
-                                                             rotary=settings["rotary"], bias=settings["bias"])))
+            step, _, _ = load_checkpoint(path, GPT(model_config(settings, 65)))
             if step >= 8:
                 break
         time.sleep(0.05)
@@ -153,12 +113,99 @@ def test_killed_process_resumes_to_the_same_loss(tmp_path):
     assert resumed_history.losses == pytest.approx(reference_history.losses, abs=1e-5)
 
 
-def test_fixed_window_loss_is_repeatable():
+def test_a_checkpoint_of_other_settings_is_refused_in_one_line(tmp_path):
     corpus = shakespeare_corpus()
-    model = GPT(GPTConfig(vocab_size=65, context=32, d_model=16, n_heads=2, n_layers=1)).eval()
-    first = FixedWindowLoss(corpus.val, 16, 32)(model)
-    second = FixedWindowLoss(corpus.val, 16, 32)(model)
-    assert first == second and 3.5 < first < 5.0  # untrained: near ln 65 ≈ 4.17
-    whole = FixedWindowLoss.whole(corpus.val, 32)
-    assert whole.tokens == (len(corpus.val) - 1) // 32 * 32
-    assert torch.equal(whole.inputs[1, :5], corpus.val[32:37])  # non-overlapping tiles
+    settings = {**SMOKE, "steps": 6, "eval_every": 6, "checkpoint_every": 3}
+    path = tmp_path / "run.safetensors"
+    pretrain(settings, torch.device("cpu"), corpus, checkpoint_path=path, stop_after_step=2)
+    for changed, named in (({"d_model": 48}, "d_model 32 there, 48 here"), ({"steps": 12}, "steps 6 there, 12 here"),
+                           ({"learning_rate": 1e-3}, "learning_rate")):
+        with pytest.raises(SettingsMismatch, match=named) as error:
+            pretrain({**settings, **changed}, torch.device("cpu"), corpus, checkpoint_path=path, resume=True)
+        assert "\n" not in str(error.value) and "run.safetensors" in str(error.value)
+    # settings that do not change the run (how often to evaluate) may differ
+    _, history, _ = pretrain({**settings, "eval_every": 2}, torch.device("cpu"), corpus, checkpoint_path=path, resume=True)
+    assert history.steps == list(range(6))
+
+
+def test_benchmark_reports_on_the_smoke_preset(capsys):
+    report = benchmark("smoke")
+    printed = capsys.readouterr().out
+    assert report["preset"] == "smoke" and report["parameters"] > 0 and 2.5 < report["val_loss_final"] < 4.5
+    assert "val loss, final, on the whole validation split" in printed and report["machine"].startswith("cpu: ")
+    with pytest.raises(ValueError, match="unknown preset 'fast'; valid presets: smoke, cpu, gpu"):
+        benchmark("fast")
+
+
+def test_pretrain_builds_the_model_from_block_cls():
+    class MyBlock(Block):
+        pass
+
+    model, history, _ = pretrain({**SMOKE, "steps": 2, "eval_every": 2}, torch.device("cpu"), shakespeare_corpus(), block_cls=MyBlock)
+    assert all(type(block) is MyBlock for block in model.blocks) and len(history.losses) == 2
+
+
+# --- the isoFLOP study -----------------------------------------------------------------------------------------
+
+
+def test_steps_for_budget_spends_the_budget_in_whole_steps():
+    assert steps_for_budget(6 * 100 * 10 * 7, parameters=100, tokens_per_step=10) == 7
+    assert steps_for_budget(6 * 100 * 10 * 7.4, parameters=100, tokens_per_step=10) == 7
+    assert steps_for_budget(1.0, parameters=100, tokens_per_step=10) == 1  # at least one step
+    with pytest.raises(ValueError, match="must be positive, got 0, 100, 10$"):
+        steps_for_budget(0, 100, 10)
+
+
+def test_proportional_warmup_and_sized_settings():
+    settings = {**SMOKE, "steps": 600, "warmup_steps": 30}
+    assert [proportional_warmup(settings, steps) for steps in (60, 600, 10, 1)] == [3, 30, 1, 1]
+    with pytest.raises(ValueError, match="steps must be at least 1, got 0"):
+        proportional_warmup(settings, 0)
+    assert [(run["n_heads"], run["d_model"], run["n_layers"]) for run in (sized(SMOKE, 24, 2), sized(SMOKE, 96, 3))] == [(1, 24, 2), (3, 96, 3)]
+    with pytest.raises(ValueError, match="d_model=33 does not split into 1 heads of an even size"):
+        sized(SMOKE, 33, 1)
+
+
+def test_parabola_minimum_finds_a_known_minimum():
+    sizes = [1e4, 3e4, 1e5, 3e5, 1e6]
+    losses = [2.0 + 0.3 * (math.log(n) - math.log(5e4)) ** 2 for n in sizes]
+    assert parabola_minimum(sizes, losses) == pytest.approx(5e4, rel=1e-6)
+    assert parabola_minimum(sizes, [-loss for loss in losses]) is None  # opens downwards: no minimum
+    with pytest.raises(ValueError, match="need at least 3 distinct sizes, one loss each, got 2 sizes and 2 losses"):
+        parabola_minimum([1e4, 1e5], [2.0, 1.9])
+
+
+def test_fit_power_law_recovers_exponent_and_coefficient():
+    budgets = [1e10, 1e11, 1e12]
+    exponent, coefficient = fit_power_law(budgets, [0.1 * c ** 0.5 for c in budgets])
+    assert exponent == pytest.approx(0.5) and coefficient == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="need at least 2 distinct budgets"):
+        fit_power_law([1e10], [1e4])
+    with pytest.raises(ValueError, match="must be positive"):
+        fit_power_law([1e10, 1e11], [1e4, -1.0])
+
+
+def test_isoflop_frontier_takes_each_budgets_minimum_and_fits_the_line():
+    def profile(budget, optimum, sizes=(1e3, 1e4, 1e5, 1e6)):
+        return [{"budget": budget, "parameters": n, "val_loss": 2 + 0.1 * math.log(n / optimum) ** 2} for n in sizes]
+
+    results = profile(1e10, 1e4) + profile(1e12, 1e5)
+    frontier = isoflop_frontier(results)
+    assert [point["budget"] for point in frontier] == [1e10, 1e12]
+    assert [point["optimal_parameters"] for point in frontier] == pytest.approx([1e4, 1e5])
+    assert frontier[0]["smallest"] == 1e3 and frontier[0]["largest"] == 1e6 and frontier[0]["best_trained_parameters"] == 1e4
+    assert frontier_fit(frontier) == pytest.approx((0.5, 1e4 / 1e10 ** 0.5))
+    flat = [{**result, "val_loss": -result["val_loss"]} for result in profile(1e14, 1e4)]
+    assert frontier_fit(isoflop_frontier(results[:4] + flat)) is None  # only one budget has a minimum
+
+
+def test_isoflop_run_spends_its_budget_and_the_study_needs_three_sizes():
+    corpus = shakespeare_corpus()
+    result = isoflop_run(SMOKE, 16, 1, 1e9, torch.device("cpu"), corpus)
+    parameters = transformer_matrix_parameters(1, 16, 65)
+    tokens_per_step = SMOKE["batch_size"] * SMOKE["context"]
+    assert result["parameters"] == parameters and result["steps"] == steps_for_budget(1e9, parameters, tokens_per_step)
+    assert abs(result["flops"] - 1e9) <= 3 * parameters * tokens_per_step  # within half a step of the budget
+    assert 2.0 < result["val_loss"] < 4.5
+    with pytest.raises(ValueError, match="a parabola needs at least 3 sizes per budget, got 2"):
+        isoflop_study({**SMOKE, "scaling_sizes": [[16, 1], [32, 1]]}, torch.device("cpu"), corpus)

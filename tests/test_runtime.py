@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llmlab import runtime
-from llmlab.presets import LAB_PRESETS
+from llmlab.presets import LAB_PRESETS, PRESET_NAMES, lab_settings
 
 
 def test_preset_from_environment(monkeypatch):
@@ -27,13 +27,23 @@ def test_unknown_preset_is_a_clear_error(monkeypatch):
     with pytest.raises(ValueError) as error:
         runtime.preset_name()
     message = str(error.value)
-    assert "'fast'" in message and all(name in message for name in ("smoke", "cpu", "gpu"))
+    assert message.startswith("LLMLAB_PRESET: unknown preset 'fast'; valid presets: smoke, cpu, gpu")
     assert "\n" not in message
+
+
+def test_lab_settings_are_a_copy_and_refuse_unknown_names():
+    settings = lab_settings("02_attention", "cpu")
+    settings["train_steps"] = -1
+    assert LAB_PRESETS["02_attention"]["cpu"]["train_steps"] != -1
+    with pytest.raises(ValueError, match="unknown preset 'huge'; valid presets: smoke, cpu, gpu"):
+        lab_settings("02_attention", "huge")
+    with pytest.raises(KeyError, match="no presets for lab '99_missing'"):
+        lab_settings("99_missing", "cpu")
 
 
 def test_every_lab_defines_all_presets_with_the_same_keys():
     for lab, presets in LAB_PRESETS.items():
-        assert set(presets) == set(runtime.PRESETS), lab
+        assert set(presets) == set(PRESET_NAMES), lab
         keys = {name: set(settings) for name, settings in presets.items()}
         assert keys["smoke"] == keys["cpu"] == keys["gpu"], f"{lab}: presets differ in their keys"
 
@@ -79,9 +89,17 @@ def test_start_lab_prints_what_it_chose(monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert settings == LAB_PRESETS["02_attention"]["smoke"]
     assert "preset smoke" in printed and "torch" in printed and "versions:" in printed
-    assert run.preset == "smoke" and "preset 'smoke'" in run.summary()
+    assert run.preset == "smoke" and "preset 'smoke' on cpu: " in run.summary()
     with pytest.raises(KeyError, match="no presets for lab"):
         runtime.start_lab("99_missing")
+
+
+def test_machine_description_names_the_processor_or_the_gpu(monkeypatch):
+    description = runtime.describe_machine(torch.device("cpu"))
+    assert description.startswith("cpu: ") and f"{torch.get_num_threads()} threads" in description and "cores" in description
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert runtime.describe_machine(torch.device("cuda")) == "cuda: Tesla T4 (compute capability 7.5)"
 
 
 def test_measure_seconds_reports_a_median():

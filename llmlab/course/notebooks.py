@@ -1,8 +1,8 @@
-"""Course notebook tooling: student labs from solutions, Colab cells from _config.yml, timed runs.
+"""Course notebook tooling: student labs from solutions, Colab cells from _config.yml, timed runs, recorded results.
 
-    python -m llmlab.notebooks labs                 # sync Colab cells, write labs/ from solutions/ (make labs)
-    python -m llmlab.notebooks check                # exit 1 if labs/ or the Colab cells are out of date
-    python -m llmlab.notebooks execute solutions/02_attention.ipynb --preset cpu
+    python -m llmlab.course.notebooks labs          # sync Colab cells, write labs/ from solutions/ (make labs)
+    python -m llmlab.course.notebooks check         # exit 1 if labs/ or the Colab cells are out of date
+    python -m llmlab.course.notebooks execute solutions/02_attention.ipynb --preset cpu
                                                     # run a solution in place and record preset, machine, seconds
 
 Conventions in a solution notebook:
@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import json
 import os
-import platform
 import re
 import sys
 import time
@@ -26,10 +26,14 @@ from pathlib import Path
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parent.parent
+from llmlab.presets import PRESET_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 DIFFICULTIES = ("recall", "core", "stretch")
 COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+# What Colab reads from a notebook's metadata to open it on a GPU runtime with a T4.
+COLAB_METADATA = {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance": []}}
 
 
 def repository(config_path: Path | None = None) -> tuple[str, str]:
@@ -50,22 +54,66 @@ def colab_url(url: str, branch: str, notebook: str) -> str:
 def badge_source(url: str, branch: str, lab_name: str) -> str:
     # The badge always opens the student lab, also when shown on a solution page.
     link = colab_url(url, branch, f"labs/{lab_name}")
-    return f"[![Open the student lab in Colab]({COLAB_BADGE_IMAGE})]({link})"
+    return (f"[![Open the student lab in Colab]({COLAB_BADGE_IMAGE})]({link})\n\n"
+            "*On Colab this lab opens on a T4 GPU runtime (Runtime → Change runtime type shows it) and runs its "
+            "`gpu` preset; without a GPU it runs the `cpu` preset. Run the first code cell first: it sets the lab up.*")
 
 
-def setup_source(url: str) -> str:
+def site_address(config_path: Path | None = None) -> str:
+    """The GitHub Pages address of the repository named in _config.yml.
+
+    https://github.com/OWNER/NAME is published at https://owner.github.io/NAME/, except a
+    repository named OWNER.github.io, which is published at https://owner.github.io/.
+    """
+    url, _ = repository(config_path)
+    owner, name = url.removeprefix("https://github.com/").split("/")
+    host = f"{owner.lower()}.github.io"
+    return f"https://{host}/" if name.lower() == host else f"https://{host}/{name}/"
+
+
+def setup_source(url: str, branch: str = "main") -> str:
     return f'''# Set-up. On Google Colab: fetch the course, install llmlab and move into the course folder.
 # Anywhere else (your laptop, Binder, the course's tests) this cell does nothing.
+#
+# On Colab, before you run it:
+# - the preset: leave the line below commented for the default ("gpu" on a GPU runtime, else "cpu"),
+#   or uncomment it and pick "smoke" (seconds: to try the whole lab), "cpu" or "gpu";
+# - your edits: File → Save a copy in Drive, or they are lost when the runtime disconnects;
+# - long runs: KEEP_RUNS_IN_DRIVE = True keeps checkpoints in your Drive (llmlab-runs/), so a
+#   training cell re-run after a disconnect continues where it stopped.
+# The pretrained encoder all-MiniLM-L6-v2 (about 90 MB) is downloaded from the Hugging Face Hub
+# the first time a lab uses it; the datasets ship with the course.
 import os, subprocess, sys
 
+# os.environ["LLMLAB_PRESET"] = "smoke"
+KEEP_RUNS_IN_DRIVE = False
 COURSE_REPOSITORY = "{url}"
+COURSE_BRANCH = "{branch}"
+
+
+def run_or_explain(command, advice):
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        print(result.stdout[-2000:], result.stderr[-4000:], sep="\\n")
+        raise SystemExit(f"set-up stopped: `{{' '.join(command[:6])}} ...` failed (exit code {{result.returncode}}); {{advice}}")
+
+
 if "google.colab" in sys.modules and not os.path.isdir("llmlab"):
     if not os.path.isdir("course"):
-        subprocess.run(["git", "clone", "--depth", "1", COURSE_REPOSITORY, "course"], check=True)
+        run_or_explain(["git", "clone", "--depth", "1", "--branch", COURSE_BRANCH, COURSE_REPOSITORY, "course"],
+                       "check COURSE_REPOSITORY and COURSE_BRANCH above (a fork sets both in its _config.yml), "
+                       "or upload the course as a folder named `course` and run this cell again")
     os.chdir("course")
     # Colab already has torch, transformers and datasets; this adds llmlab without replacing them.
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", ".[labs]"], check=True)
-    sys.path.insert(0, os.getcwd())'''
+    run_or_explain([sys.executable, "-m", "pip", "install", "-q", "-e", ".[labs]"],
+                   "pip's message is printed above; Runtime → Restart session and run this cell again, "
+                   "and if it fails the same way, report it with that message")
+    sys.path.insert(0, os.getcwd())
+if "google.colab" in sys.modules and KEEP_RUNS_IN_DRIVE:
+    from google.colab import drive
+
+    drive.mount("/content/drive")
+    os.environ["LLMLAB_RUNS"] = "/content/drive/MyDrive/llmlab-runs"'''
 
 
 def _role(cell) -> str | None:
@@ -78,9 +126,13 @@ def sync_colab_cells(notebook, lab_name: str, config_path: Path | None = None) -
     wanted = [
         nbformat.v4.new_markdown_cell(badge_source(url, branch, lab_name), metadata={"llmlab": {"role": "colab-badge"}}),
         # Collapsed on the book's pages: readers of the website need not run it.
-        nbformat.v4.new_code_cell(setup_source(url), metadata={"llmlab": {"role": "colab-setup"}, "tags": ["hide-input"]}),
+        nbformat.v4.new_code_cell(setup_source(url, branch), metadata={"llmlab": {"role": "colab-setup"}, "tags": ["hide-input"]}),
     ]
     changed = False
+    for key, value in COLAB_METADATA.items():  # Colab opens the notebook on a T4 GPU runtime
+        if notebook.metadata.get(key) != value:
+            notebook.metadata[key] = copy.deepcopy(value)
+            changed = True
     for index, cell in enumerate(wanted):
         role = cell.metadata["llmlab"]["role"]
         existing = notebook.cells[index] if len(notebook.cells) > index else None
@@ -142,6 +194,8 @@ def validate_exercises(notebook, name: str) -> list[dict]:
             raise ValueError(f"{name}: exercise {exercise.get('id', '?')} lacks {missing} in its metadata")
         if exercise["difficulty"] not in DIFFICULTIES:
             raise ValueError(f"{name}: exercise {exercise['id']} has difficulty {exercise['difficulty']!r}; use one of {DIFFICULTIES}")
+        if exercise["id"].split(".")[0] != lab_key(name) and LAB_NAME.fullmatch(name):
+            raise ValueError(f"{name}: exercise id {exercise['id']} must start with the lab's key, {lab_key(name)}.")
         if exercise["id"] in seen:
             raise ValueError(f"{name}: exercise id {exercise['id']} is used twice")
         seen.add(exercise["id"])
@@ -154,10 +208,21 @@ def validate_exercises(notebook, name: str) -> list[dict]:
     return exercises
 
 
+CHAPTER_LINK = re.compile(r"\]\(\.\./book/([\w-]+)\.md(#[\w-]*)?\)")
+
+
+def absolute_chapter_links(markdown: str, config_path: Path | None = None) -> str:
+    """``](../book/NAME.md)`` → ``](https://…/book/NAME.html)`` on the published site: a lab opened on Colab has no book beside it."""
+    address = site_address(config_path)
+    return CHAPTER_LINK.sub(lambda match: f"]({address}book/{match.group(1)}.html{match.group(2) or ''})", markdown)
+
+
 def make_lab(solution) -> nbformat.NotebookNode:
-    """The student version: solutions replaced, outputs and run records cleared, all else identical."""
+    """The student version: solutions replaced, outputs and run records cleared, links to chapters made absolute."""
     lab = copy.deepcopy(solution)
     for cell in lab.cells:
+        if cell.cell_type == "markdown":
+            cell.source = absolute_chapter_links(cell.source)
         if cell.cell_type != "code":
             continue
         exercise = exercise_of(cell)
@@ -170,8 +235,32 @@ def make_lab(solution) -> nbformat.NotebookNode:
     return lab
 
 
+LAB_NAME = re.compile(r"(\d\d[a-z]?)_\w+\.ipynb")
+
+
 def solution_paths() -> list[Path]:
-    return sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
+    """solutions/NN_name.ipynb, and NNx_name.ipynb for a chapter's further labs (04b_…), in order."""
+    return sorted(path for path in (ROOT / "solutions").glob("*.ipynb") if LAB_NAME.fullmatch(path.name))
+
+
+def lab_key(name: str) -> str:
+    """The key of a lab: its notebook's name up to the first "_" ("04b" for 04b_instruction_tuning.ipynb).
+
+    Its exercise ids are "<key>.<k>" and its self-checks live in ``llmlab/checks/lab<key>.py``.
+    """
+    return Path(name).name.split("_", 1)[0]
+
+
+def chapter_of(lab: str, toc_path: Path | None = None) -> str:
+    """The book page a lab belongs to, read from _toc.yml: "book/04_fine_tuning" for "04b_instruction_tuning"."""
+    import yaml
+
+    toc = yaml.safe_load((toc_path or ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    for part in toc.get("parts", []):
+        for chapter in part.get("chapters", []):
+            if any(section.get("file") == f"solutions/{lab}" for section in chapter.get("sections", [])):
+                return chapter["file"]
+    raise KeyError(f"_toc.yml lists solutions/{lab} under no chapter")
 
 
 def write_labs() -> list[Path]:
@@ -224,12 +313,29 @@ def recorded_runs() -> dict[str, dict[str, dict]]:
     }
 
 
-def machine_description() -> str:
-    import torch
+RESULTS_PREFIX = "LAB RESULTS "
 
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} GPU"
-    return f"{platform.machine()} CPU, {os.cpu_count()} cores"
+
+def print_results(results: dict) -> None:
+    """Print a lab's headline results as one line of JSON that a chapter can read back with :func:`recorded_results`."""
+    print(RESULTS_PREFIX + json.dumps(results))
+
+
+def recorded_results(lab: str) -> dict:
+    """The results that the committed run of ``solutions/<lab>.ipynb`` printed with :func:`print_results`.
+
+    A chapter quotes its lab's measured numbers from here, so the prose and the lab page always show the same run.
+    """
+    path = ROOT / "solutions" / f"{lab}.ipynb"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the chapter reads the lab's committed results from it")
+    for cell in nbformat.read(path, as_version=4).cells:
+        for output in cell.get("outputs", []):
+            for line in output.get("text", "").splitlines():
+                if line.startswith(RESULTS_PREFIX):
+                    return json.loads(line[len(RESULTS_PREFIX):])
+    raise ValueError(f"{path.name} has no '{RESULTS_PREFIX.strip()}' line in its outputs: run it with "
+                     f"`python -m llmlab.course.notebooks execute solutions/{lab}.ipynb --preset cpu`")
 
 
 def final_progress_lines(text: str) -> str:
@@ -267,12 +373,14 @@ def execute(path: Path, preset: str, timeout: int = 1800) -> float:
     """
     from nbclient import NotebookClient
 
+    from llmlab.runtime import describe_machine
+
     notebook = nbformat.read(path, as_version=4)
     previous = os.environ.get("LLMLAB_PRESET")
     os.environ["LLMLAB_PRESET"] = preset
     try:
         started = time.perf_counter()
-        NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(notebook, timeout=timeout, kernel_name="python3", record_timing=False, resources={"metadata": {"path": str(path.parent)}}).execute()
         seconds = time.perf_counter() - started
     finally:
         if previous is None:
@@ -284,7 +392,7 @@ def execute(path: Path, preset: str, timeout: int = 1800) -> float:
     runs = target.metadata.setdefault("llmlab", {}).setdefault("runs", {})
     runs[preset] = {
         "seconds": round(seconds, 1),
-        "machine": machine_description(),
+        "machine": describe_machine(),
         "date": datetime.date.today().isoformat(),
         "outputs_committed": preset != "smoke",
     }
@@ -293,13 +401,13 @@ def execute(path: Path, preset: str, timeout: int = 1800) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmlab.notebooks", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m llmlab.course.notebooks", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("labs", help="write labs/ from solutions/ (and sync Colab cells)")
     commands.add_parser("check", help="fail if labs/ or Colab cells are out of date")
     run = commands.add_parser("execute", help="run solution notebooks in place with a preset and record the time")
     run.add_argument("notebooks", nargs="+", type=Path)
-    run.add_argument("--preset", required=True, choices=("smoke", "cpu", "gpu"))
+    run.add_argument("--preset", required=True, choices=PRESET_NAMES)
     arguments = parser.parse_args(argv)
 
     if arguments.command == "labs":
@@ -312,9 +420,17 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print("labs/ and Colab cells are up to date")
     else:
+        # A recorded run starts from nothing: its checkpoints go to a fresh folder (shared by the notebooks of this
+        # command, so Lab 5 finds the model Lab 3 trained just before), never to one an earlier run resumes from.
+        import tempfile
+
+        os.environ["LLMLAB_RUNS"] = tempfile.mkdtemp(prefix="llmlab-runs-")
+        print(f"checkpoints of this run: {os.environ['LLMLAB_RUNS']}")
         for path in arguments.notebooks:
             seconds = execute(path.resolve(), arguments.preset)
-            print(f"{path}: preset {arguments.preset}, {seconds:.1f} s on {machine_description()}")
+            from llmlab.runtime import describe_machine
+
+            print(f"{path}: preset {arguments.preset}, {seconds:.1f} s on {describe_machine()}")
     return 0
 
 

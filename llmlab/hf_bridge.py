@@ -1,4 +1,6 @@
-"""Bridges between llmlab's modules and Hugging Face's GPT-2, built from a config (no download).
+"""The bridge between llmlab's attention and GPT and Hugging Face's GPT-2: weights copied both ways.
+
+Nothing is downloaded: the GPT-2 models here are built from a configuration of the same shape.
 
 GPT-2 stores its projections in ``Conv1D`` layers whose weight is (in, out), the
 transpose of ``nn.Linear``'s (out, in); q, k and v sit side by side in one
@@ -11,16 +13,20 @@ import torch
 
 
 def tiny_gpt2(d_model: int = 64, n_heads: int = 4, n_layers: int = 1, n_positions: int = 64, vocab_size: int = 50, seed: int = 0):
-    """A randomly initialised ``transformers`` GPT2Model of the given shape, with eager attention so weights can be returned."""
+    """A randomly initialised ``transformers`` GPT2Model of the given shape, with eager attention so weights can be returned.
+
+    The weights depend only on ``seed``; the caller's random state is left as it was.
+    """
     from transformers import GPT2Config, GPT2Model
 
-    torch.manual_seed(seed)
     config = GPT2Config(
         vocab_size=vocab_size, n_positions=n_positions, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="eager",
         bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1,
     )
-    return GPT2Model(config).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GPT2Model(config).eval()
 
 
 def copy_gpt2_attention_weights(gpt2_attention, ours, to_gpt2: bool = False) -> None:
@@ -51,18 +57,6 @@ def attention_block_io(gpt2_model, token_ids: torch.Tensor, layer: int = 0):
     finally:
         handle.remove()
     return captured["input"], captured["output"], result.attentions[layer]
-
-
-def compare_with_gpt2_attention(attention_cls, d_model: int = 64, n_heads: int = 4, n_positions: int = 12, seed: int = 0) -> float:
-    """Largest absolute difference between GPT-2's first attention block and ``attention_cls`` with its weights."""
-    gpt2 = tiny_gpt2(d_model, n_heads, n_positions=max(n_positions, 16), seed=seed)
-    ours = attention_cls(d_model, n_heads, rotary=False, max_positions=max(n_positions, 16)).eval()
-    copy_gpt2_attention_weights(gpt2.h[0].attn, ours)
-    token_ids = torch.randint(0, gpt2.config.vocab_size, (2, n_positions), generator=torch.Generator().manual_seed(seed))
-    block_input, block_output, _ = attention_block_io(gpt2, token_ids)
-    with torch.no_grad():
-        mine = ours(block_input)
-    return (mine - block_output).abs().max().item()
 
 
 def gpt2_config_for(config):

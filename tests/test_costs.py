@@ -1,13 +1,18 @@
-"""Compute accounting of Chapter 3: 6ND, GPU-hours, cost, compute-optimal sizes, and the Chinchilla sanity check."""
+"""What things cost: Chapter 3's compute accounting (6ND, GPU-hours, compute-optimal sizes) and Chapter 1's token bill."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from llmlab import compute
+from llmlab import costs as compute
+from llmlab.metrics import token_cross_entropy
 from llmlab.model import GPT, GPTConfig
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_training_flops_is_six_n_d():
@@ -46,10 +51,15 @@ def test_gpu_hours_cost_and_days_by_hand():
         compute.wall_clock_days(1e18, 1e12, 0.5, n_gpus=0)
 
 
-def test_peak_throughputs_are_the_dense_datasheet_figures():
-    assert compute.PEAK_DENSE_FLOPS == {"T4 (fp16)": 65e12, "A100 (bf16)": 312e12, "H100 SXM (bf16)": 989e12}
-    # The H100 datasheet lists 1,979 TFLOPS with 2:4 sparsity; dense is half.
-    assert compute.PEAK_DENSE_FLOPS["H100 SXM (bf16)"] == pytest.approx(1979e12 / 2, rel=1e-3)
+def test_the_peaks_in_the_code_are_the_ones_the_chapters_cite():
+    """Chapters 3 and 6 quote the datasheet peaks in prose; the code computes with PEAK_DENSE_FLOPS: they must agree."""
+    chapter_3 = (ROOT / "book" / "03_pretraining.md").read_text(encoding="utf-8")
+    chapter_6 = (ROOT / "book" / "06_business.md").read_text(encoding="utf-8")
+    for name, peak in compute.PEAK_DENSE_FLOPS.items():
+        gpu, precision = name.split(" (")[0].split()[0], name.split("(")[1].rstrip(")")
+        quoted = f"{peak / 1e12:,.0f} TFLOPS ({precision}) for the {gpu}"
+        assert quoted in chapter_3, f"Chapter 3 does not quote {name} as {quoted!r}"
+    assert f"dense bf16 peak of {compute.PEAK_DENSE_FLOPS['H100 SXM (bf16)'] / 1e12:.0f} TFLOP/s" in chapter_6
 
 
 def test_chinchilla_sanity_check():
@@ -65,9 +75,9 @@ def test_six_n_d_matches_pytorch_flop_counter():
     model = GPT(GPTConfig(vocab_size=vocab, context=context, d_model=width, n_heads=2, n_layers=layers))
     tokens = torch.randint(0, vocab, (batch, context), generator=torch.Generator().manual_seed(0))
     with FlopCounterMode(display=False) as counter:
-        _, loss = model(tokens, tokens, keep_weights=True)
-        loss.backward()
-    matrix_parameters = layers * 12 * width**2 + vocab * width
+        token_cross_entropy(model(tokens, keep_weights=True), tokens).backward()
+    matrix_parameters = compute.transformer_matrix_parameters(layers, width, vocab)
+    assert matrix_parameters == layers * 12 * width**2 + vocab * width
     attention_scores = 3 * layers * 4 * context * width * tokens.numel()
     expected = compute.training_flops(matrix_parameters, tokens.numel()) + attention_scores
     assert counter.get_total_flops() == pytest.approx(expected, rel=1e-9)
@@ -76,3 +86,13 @@ def test_six_n_d_matches_pytorch_flop_counter():
         model(tokens, keep_weights=True)
     forward_expected = 2 * matrix_parameters * tokens.numel() + layers * 4 * context * width * tokens.numel()
     assert forward_counter.get_total_flops() == pytest.approx(forward_expected, rel=1e-9)
+
+
+def test_monthly_cost_and_table():
+    # 100k requests × (200 in, 50 out) tokens = 20M in, 5M out; at $1 / $4 per million: 20 + 20 = $40
+    assert compute.monthly_cost(100_000, 200, 50, 1.0, 4.0) == pytest.approx(40.0)
+    table = compute.cost_table(100_000, {"bpe": (200, 50), "chars": (800, 200)}, {"cheap": (1.0, 4.0), "dear": (10.0, 40.0)})
+    assert table.loc["bpe", "dear"] == pytest.approx(400.0)
+    assert table.loc["chars", "cheap"] == pytest.approx(160.0)
+    with pytest.raises(ValueError, match="negative"):
+        compute.monthly_cost(-1, 1, 1, 1, 1)

@@ -1,0 +1,360 @@
+"""The course website: a site that works with the network cut, and where it is published.
+
+This module is a Sphinx extension (listed in ``_config.yml``) and a small command line.
+
+As an extension it makes every built page self-contained:
+
+- MathJax 3 is served from the site itself. Its browser build comes from the PyPI package
+  ``django-static-mathjax`` (MathJax's own ``es5`` files, Apache-2.0; pinned in
+  requirements.txt). After a successful build the files the TeX-to-HTML combination needs are
+  copied to ``_static/mathjax/`` with MathJax's licence, and ``_config.yml`` points Sphinx's
+  ``mathjax_path`` there; a different ``mathjax_path`` is reported as a build warning, which
+  ``-W`` turns into an error.
+- The "Open in Colab" badge of each lab page is drawn by a local SVG in ``_static/`` instead of
+  the image on colab.research.google.com (the notebooks themselves keep the usual badge).
+- Each script and stylesheet is included once: sphinx-thebe's inline settings script, included
+  twice, would otherwise stop with a SyntaxError on every page.
+- On a lab page (``solutions/NN_name``) the theme's "launch on Colab" button opens the student
+  lab ``labs/NN_name.ipynb``, as the badge does, never the solution; chapter pages (MyST
+  Markdown, which Colab cannot open) offer no Colab button.
+
+As a command line::
+
+    python -m llmlab.course.site address          # the GitHub Pages address derived from _config.yml
+    python -m llmlab.course.site check _build/html
+                                                  # list external resources and broken internal links
+    python -m llmlab.course.site student-edition _build/student-config
+                                                  # the student edition's _config.yml and _toc.yml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import posixpath
+import re
+import shutil
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from llmlab.course.notebooks import COLAB_BADGE_IMAGE, ROOT, site_address
+
+MATHJAX_DIR = "mathjax"  # the folder under the site's _static/
+MATHJAX_ENTRY = "tex-mml-chtml.js"  # the same combined component the Sphinx default loads from a CDN
+MATHJAX_PATH = f"{MATHJAX_DIR}/{MATHJAX_ENTRY}"  # what mathjax_path must say (relative to _static/)
+# The parts of MathJax's es5 build that tex-mml-chtml.js loads on demand: TeX extensions, the
+# CHTML fonts, the menu, the accessibility explorer and its speech rules.
+MATHJAX_PARTS = ("a11y", "adaptors", "input", "output", "sre", "ui")
+MATHJAX_PACKAGE = "django-static-mathjax"
+BADGE_FILE = "colab-badge.svg"
+
+# Our own drawing of an "Open in Colab" badge (same size as the usual one), so that lab pages
+# load no image from another site.
+BADGE_SVG = """<svg xmlns="http://www.w3.org/2000/svg" width="117" height="20" role="img" aria-label="Open in Colab">
+<title>Open in Colab</title>
+<rect width="117" height="20" rx="3" fill="#444"/>
+<circle cx="7.5" cy="10" r="4" fill="none" stroke="#f9ab00" stroke-width="2.2"/>
+<circle cx="14.5" cy="10" r="4" fill="none" stroke="#e8710a" stroke-width="2.2"/>
+<text x="24" y="14" font-family="Verdana,DejaVu Sans,Geneva,sans-serif" font-size="11" fill="#fff">Open in Colab</text>
+</svg>
+"""
+
+
+# ---------------------------------------------------------------- MathJax from a PyPI package
+
+
+def mathjax_source() -> Path:
+    """The folder of MathJax's browser build (``es5``) installed by django-static-mathjax."""
+    try:
+        import mathjax  # the import name of django-static-mathjax
+    except ImportError as error:  # pragma: no cover - only without the pinned requirements
+        raise RuntimeError(f"{MATHJAX_PACKAGE} is not installed; run `make book` (it installs requirements.txt)") from error
+    es5 = Path(mathjax.__file__).resolve().parent / "static" / "mathjax" / "es5"
+    if not (es5 / MATHJAX_ENTRY).is_file():
+        raise RuntimeError(f"{es5 / MATHJAX_ENTRY} is missing: is {MATHJAX_PACKAGE} installed whole?")
+    return es5
+
+
+def mathjax_version() -> str:
+    return json.loads((mathjax_source().parent / "package.json").read_text(encoding="utf-8"))["version"]
+
+
+def copy_mathjax(static: Path) -> Path:
+    """Copy MathJax into ``static/mathjax`` with its licence and a note of where it came from."""
+    source, target = mathjax_source(), static / MATHJAX_DIR
+    version = mathjax_version()
+    if not version.startswith("3."):
+        raise RuntimeError(f"{MATHJAX_PACKAGE} ships MathJax {version}; the site is configured for MathJax 3")
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source / MATHJAX_ENTRY, target / MATHJAX_ENTRY)
+    for part in MATHJAX_PARTS:
+        shutil.copytree(source / part, target / part, dirs_exist_ok=True)
+    shutil.copy2(source.parent / "LICENSE", target / "LICENSE")
+    (target / "SOURCE.txt").write_text(
+        f"MathJax {version} (https://www.mathjax.org/), Apache License 2.0 (see LICENSE).\n"
+        f"Copied from the es5 folder of the PyPI package {MATHJAX_PACKAGE} by llmlab/course/site.py.\n",
+        encoding="utf-8",
+    )
+    return target
+
+
+# ---------------------------------------------------------------- the Sphinx extension
+
+
+def _check_mathjax_path(app, config) -> None:
+    from sphinx.util import logging
+
+    if config.mathjax_path != MATHJAX_PATH:
+        logging.getLogger(__name__).warning(
+            f"mathjax_path is {config.mathjax_path!r}: set sphinx.config.mathjax_path to {MATHJAX_PATH!r} in "
+            "_config.yml so that pages load the MathJax copied into _static/ and not one from another site"
+        )
+
+
+def _unique(assets: list) -> list:
+    """The assets in order, each once; an inline script is added with filename None or "" alike."""
+    seen, unique = set(), []
+    for asset in assets:
+        attributes = getattr(asset, "attributes", {}) or {}
+        key = (getattr(asset, "filename", asset) or "", getattr(asset, "priority", None), tuple(sorted(attributes.items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(asset)
+    return unique
+
+
+def _localize_page(app, pagename, templatename, context, doctree) -> None:
+    # sphinx-thebe adds its inline `const THEBE_JS_URL = ...` script twice under Jupyter Book,
+    # and the second copy stops with a SyntaxError in the browser: keep one of each asset.
+    for key in ("script_files", "css_files"):
+        if isinstance(context.get(key), list):
+            context[key] = _unique(context[key])
+    body = context.get("body")
+    if body and f'src="{COLAB_BADGE_IMAGE}"' in body:
+        local = context["pathto"](f"_static/{BADGE_FILE}", 1)
+        context["body"] = body.replace(f'src="{COLAB_BADGE_IMAGE}"', f'src="{local}"')
+    if pagename.startswith("book/"):
+        # A chapter is a MyST Markdown file, which Colab cannot open: no Colab button there.
+        for group in context.get("header_buttons") or []:
+            if isinstance(group.get("buttons"), list):
+                group["buttons"] = [button for button in group["buttons"]
+                                    if not (button.get("url") or "").startswith("https://colab.research.google.com/")]
+    if pagename.startswith("solutions/"):
+        name = pagename.removeprefix("solutions/")
+        for group in context.get("header_buttons") or []:
+            for button in group.get("buttons") or []:
+                url = button.get("url") or ""
+                if url.startswith("https://colab.research.google.com/") and url.endswith(f"/solutions/{name}.ipynb"):
+                    button["url"] = url.removesuffix(f"solutions/{name}.ipynb") + f"labs/{name}.ipynb"
+
+
+def _copy_assets(app, exception) -> None:
+    if exception is not None or app.builder.format != "html":
+        return
+    static = Path(app.outdir) / "_static"
+    copy_mathjax(static)
+    (static / BADGE_FILE).write_text(BADGE_SVG, encoding="utf-8")
+
+
+def _student_edition_source(app, docname, source) -> None:
+    # In the student edition the lab pages are the student labs and the instructors' page is absent.
+    if app.config.llmlab_edition != "student":
+        return
+    text = source[0].replace("../solutions/", "../labs/")
+    source[0] = text.replace("Teaching with this course? See {doc}`instructors`.",
+                             "Teaching with this course? The full edition of this book has a page for instructors.")
+
+
+def setup(app):
+    app.add_config_value("llmlab_edition", "full", "env")  # "student": see write_student_edition_config
+    app.connect("source-read", _student_edition_source)
+    app.connect("config-inited", _check_mathjax_path)
+    # after sphinx-book-theme (priority 501) has added its launch buttons
+    app.connect("html-page-context", _localize_page, priority=900)
+    app.connect("build-finished", _copy_assets)
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
+
+
+# ---------------------------------------------------------------- checking a built site
+
+# <link rel=...> values that name another page rather than something the page loads
+NAVIGATION_RELS = {"alternate", "author", "canonical", "help", "index", "license", "next", "prev", "previous", "search", "up", "top", "me", "bookmark"}
+CSS_URL = re.compile(r"""(?:url\(\s*['"]?|@import\s+['"])\s*((?:https?:)?//[^'")\s]+)""", re.IGNORECASE)
+
+
+def _is_external(url: str) -> bool:
+    return bool(re.match(r"(?:https?:)?//", url.strip(), re.IGNORECASE))
+
+
+class _Page(HTMLParser):
+    """The resources a page loads, the links it makes, and the ids it defines."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.loads: list[tuple[str, str]] = []  # (what, url)
+        self.links: list[str] = []
+        self.ids: set[str] = set()
+        self._in_style = False
+
+    def handle_starttag(self, tag, attrs):
+        a = {key: value or "" for key, value in attrs}
+        for key in ("id", "name") if tag == "a" else ("id",):
+            if a.get(key):
+                self.ids.add(a[key])
+        rels = set(a.get("rel", "").lower().split())
+        if tag == "script" and a.get("src"):
+            self.loads.append(("script", a["src"]))
+        elif tag == "link" and a.get("href"):
+            if rels and rels <= NAVIGATION_RELS:
+                self.links.append(a["href"])
+            else:
+                self.loads.append((f"link rel={a.get('rel', '')}", a["href"]))
+        elif tag == "a" and a.get("href"):
+            self.links.append(a["href"])
+        for key in ("src", "poster", "data"):
+            if key in a and tag in {"img", "iframe", "embed", "video", "audio", "source", "track", "input", "object"}:
+                self.loads.append((f"{tag} {key}", a[key]))
+        if a.get("srcset"):
+            self.loads.extend((f"{tag} srcset", part.split()[0]) for part in a["srcset"].split(",") if part.strip())
+        if a.get("style"):
+            self.loads.extend(("style attribute", url) for url in CSS_URL.findall(a["style"]))
+        self._in_style = tag == "style"
+
+    def handle_endtag(self, tag):
+        if tag == "style":
+            self._in_style = False
+
+    def handle_data(self, data):
+        if self._in_style:
+            self.loads.extend(("style element", url) for url in CSS_URL.findall(data))
+
+
+def html_pages(site: Path) -> list[Path]:
+    """Every page of the built site (not the theme's own template fragments in _static/)."""
+    return sorted(path for path in site.rglob("*.html") if path.relative_to(site).parts[0] not in {"_static", "_sources", "_images"})
+
+
+def _parse(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8", errors="replace"))
+    return page
+
+
+def external_resources(site: Path) -> list[str]:
+    """Every script, stylesheet, font, image or frame a built page or stylesheet fetches from another site."""
+    found = []
+    for path in html_pages(site):
+        for what, url in _parse(path).loads:
+            if _is_external(url):
+                found.append(f"{path.relative_to(site)}: {what} {url}")
+    for path in sorted(site.rglob("*.css")):
+        for url in CSS_URL.findall(path.read_text(encoding="utf-8", errors="replace")):
+            found.append(f"{path.relative_to(site)}: {url}")
+    return found
+
+
+def resolve(site: Path, page: Path, href: str) -> tuple[Path, str] | None:
+    """The file (and fragment) that a relative href on ``page`` points to; None if it leaves the site."""
+    parts = urlsplit(href)
+    if parts.scheme or parts.netloc or href.startswith(("#", "javascript:")):
+        return None
+    if not parts.path:
+        return None
+    relative = posixpath.normpath(posixpath.join(page.relative_to(site).parent.as_posix(), unquote(parts.path)))
+    target = site / relative
+    if href.endswith("/") or target.is_dir():
+        target = target / "index.html"
+    return target, unquote(parts.fragment)
+
+
+def broken_links(site: Path) -> list[str]:
+    """Relative links and resources of every page that point to a missing file or a missing #anchor."""
+    parsed = {path: _parse(path) for path in html_pages(site)}
+    broken = []
+    for path, page in parsed.items():
+        for href in page.links + [url for _, url in page.loads]:
+            resolved = resolve(site, path, href)
+            if resolved is None:
+                continue
+            target, fragment = resolved
+            if not target.is_file() or site.resolve() not in target.resolve().parents:
+                broken.append(f"{path.relative_to(site)}: {href} (no such file)")
+            elif fragment and target.suffix == ".html":
+                ids = parsed[target].ids if target in parsed else _parse(target).ids
+                if fragment not in ids:
+                    broken.append(f"{path.relative_to(site)}: {href} (no #{fragment} there)")
+    return broken
+
+
+# ---------------------------------------------------------------- the student edition
+
+
+def write_student_edition_config(folder: Path) -> tuple[Path, Path]:
+    """Write the ``_config.yml`` and ``_toc.yml`` of the edition an instructor gives students into ``folder``.
+
+    Derived from the full edition's files, so the two never drift apart: lab pages come from
+    ``labs/`` (no solutions, no outputs) instead of ``solutions/``, the end-of-chapter solutions are
+    hidden (sphinx-exercise's ``hide_solutions``) and the instructors' page is left out.
+    """
+    import yaml
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+
+    def student_entry(entry: dict) -> dict:
+        entry = dict(entry)
+        if entry.get("file", "").startswith("solutions/"):
+            entry["file"] = "labs/" + entry["file"].removeprefix("solutions/")
+        if "sections" in entry:
+            entry["sections"] = [student_entry(section) for section in entry["sections"]]
+        return entry
+
+    parts = []
+    for part in toc["parts"]:
+        chapters = [student_entry(chapter) for chapter in part["chapters"] if chapter.get("file") != "book/instructors"]
+        if chapters:
+            parts.append({**part, "chapters": chapters})
+    toc["parts"] = parts
+
+    config["title"] = f"{config['title']} (student edition)"
+    sphinx_config = config["sphinx"]["config"]
+    sphinx_config["hide_solutions"] = True
+    sphinx_config["llmlab_edition"] = "student"
+    sphinx_config["exclude_patterns"] = [pattern for pattern in sphinx_config["exclude_patterns"] if pattern != "labs"] \
+        + ["solutions", "book/instructors.md"]
+    # The paths in the full edition's config are relative to the repository root; jupyter-book reads them from there.
+    config["bibtex_bibfiles"] = [str(ROOT / name) for name in config["bibtex_bibfiles"]]
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path, toc_path = folder / "_config.yml", folder / "_toc.yml"
+    header = "# Generated by `python -m llmlab.course.site student-edition`; edit the repository's own file instead.\n"
+    config_path.write_text(header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    toc_path.write_text(header + yaml.safe_dump(toc, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return config_path, toc_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmlab.course.site", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("address", help="print the GitHub Pages address derived from _config.yml")
+    check = commands.add_parser("check", help="list external resources and broken internal links of a built site")
+    check.add_argument("site", type=Path, nargs="?", default=ROOT / "_build" / "html")
+    student = commands.add_parser("student-edition", help="write the student edition's _config.yml and _toc.yml into a folder")
+    student.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "address":
+        print(site_address())
+        return 0
+    if args.command == "student-edition":
+        for path in write_student_edition_config(args.folder):
+            print(f"wrote {path}")
+        return 0
+    problems = external_resources(args.site) + broken_links(args.site)
+    print("\n".join(problems) or f"{len(html_pages(args.site))} pages: no external resource, no broken link")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""Inference, measured (Chapter 5, Lab 5): how fast tokens come, what batching and int8 weights change.
+
+- ``ms_per_token``: generation time per token, with or without the KV cache;
+- ``prefill_and_decode``: the two phases of a request timed apart;
+- ``batch_throughput``: tokens per second against the number of texts generated at once;
+- ``memory_bound_tokens_per_second``: the ceiling that reading the weights once per step sets;
+- ``speed_rows``: ms/token with and without the cache for several lengths (what Lab 5 plots and the benchmark prints);
+- ``time_in_turn``: several candidates timed in turn, so that a busy machine slows them alike;
+- ``int8_copy`` and ``saved_megabytes``: dynamic int8 quantisation of the linear layers, and size on disk;
+  ``int8_intent_classifier`` does the same for Lab 4's classifier;
+- ``lab3_model``: Lab 3's GPT from its checkpoint when that was written with the same preset, else trained anew;
+- ``continuation_log_probability``: how likely a model finds a text it generated (greedy against beam search);
+- ``benchmark``: what ``python -m llmlab.bench generate`` prints.
+
+Every timing is a median of repeated runs (``llmlab.runtime.measure_seconds`` or ``time_in_turn``)
+on the machine at hand; the functions say what was measured, never what a datasheet promises.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from llmlab.generation import Decoding, generate, generate_batch
+from llmlab.model import GPT, GPTConfig
+from llmlab.presets import lab_settings
+from llmlab.runtime import describe_machine, measure_seconds, pick_device
+
+GREEDY = Decoding("greedy")
+
+# Peak memory bandwidth from NVIDIA's datasheets, bytes per second: T4 320 GB/s (GDDR6),
+# H100 SXM 3.35 TB/s (HBM3). Decoding one token reads every weight once, so this caps its speed.
+DATASHEET_BANDWIDTH = {"T4": 320e9, "H100 SXM": 3.35e12}
+
+
+def random_prompt(length: int, vocab_size: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """(batch, length) random token ids: speed does not depend on which tokens they are."""
+    return torch.randint(0, vocab_size, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def ms_per_token(model: GPT, prompt_length: int, new_tokens: int, use_cache: bool, repeats: int = 3) -> float:
+    """Milliseconds per generated token (greedy, batch 1), prompt processing included, median of ``repeats`` runs."""
+    prompt = random_prompt(prompt_length, model.config.vocab_size)[0]
+    device = next(model.parameters()).device
+    seconds = measure_seconds(lambda: generate(model, prompt, new_tokens, GREEDY, use_cache=use_cache), device, repeats, warmup=1)
+    return 1000 * seconds / new_tokens
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def prefill_and_decode(model: GPT, prompt_length: int, new_tokens: int, batch: int = 1, repeats: int = 3) -> dict[str, float]:
+    """Milliseconds for the prefill (the whole prompt at once) and per decode step (one token per text), with the cache.
+
+    Each repeat prefills a fresh cache and then runs ``new_tokens`` decode steps; the two phases are
+    timed apart and the medians over ``repeats`` are reported (after one untimed warm-up run).
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    prompt = random_prompt(prompt_length, model.config.vocab_size, batch).to(device)
+    step = random_prompt(1, model.config.vocab_size, batch).to(device)
+    prefill_times, decode_times = [], []
+    for attempt in range(repeats + 1):
+        cache = model.new_cache(batch, prompt_length + new_tokens)
+        _synchronize(device)
+        started = time.perf_counter()
+        model(prompt, cache=cache)
+        _synchronize(device)
+        prefilled = time.perf_counter()
+        for _ in range(new_tokens):
+            model(step, cache=cache)
+        _synchronize(device)
+        if attempt:  # the first run warms up
+            prefill_times.append(prefilled - started)
+            decode_times.append(time.perf_counter() - prefilled)
+    prefill_seconds, decode_seconds = float(np.median(prefill_times)), float(np.median(decode_times))
+    return {"prefill_ms": 1000 * prefill_seconds, "decode_ms_per_step": 1000 * decode_seconds / new_tokens,
+            "prompt_tokens_per_second": batch * prompt_length / prefill_seconds,
+            "generated_tokens_per_second": batch * new_tokens / decode_seconds}
+
+
+def batch_throughput(model: GPT, batch_sizes: list[int], prompt_length: int, new_tokens: int, repeats: int = 3) -> list[dict]:
+    """Generated tokens per second and seconds per step for each batch size (prompts of different lengths, left-padded)."""
+    device = next(model.parameters()).device
+    rows = []
+    for batch in batch_sizes:
+        # prompt lengths spread between half and all of prompt_length, so the batch needs padding
+        prompts = [random_prompt(max(1, prompt_length // 2 + (i * prompt_length) // (2 * batch)), model.config.vocab_size, seed=i)[0]
+                   for i in range(batch)]
+        seconds = measure_seconds(lambda: generate_batch(model, prompts, new_tokens, GREEDY), device, repeats, warmup=1)
+        rows.append({"batch": batch, "tokens_per_second": batch * new_tokens / seconds, "ms_per_step": 1000 * seconds / new_tokens})
+    return rows
+
+
+def memory_bound_tokens_per_second(model_bytes: float, bandwidth_bytes_per_second: float, batch: int = 1) -> float:
+    """The most tokens per second decoding can produce if each step must read all weights once from memory.
+
+    One step makes one token for each of ``batch`` texts and reads the weights once for all of
+    them, which is why batching raises throughput until the arithmetic, not the memory, is the
+    limit. (The KV cache adds its own bytes per step; this bound leaves them out.)
+    """
+    if model_bytes <= 0 or bandwidth_bytes_per_second <= 0 or batch < 1:
+        raise ValueError(f"need positive model bytes and bandwidth and batch >= 1, got {model_bytes}, "
+                         f"{bandwidth_bytes_per_second} and {batch}")
+    return batch * bandwidth_bytes_per_second / model_bytes
+
+
+def int8_copy(model: nn.Module) -> nn.Module:
+    """A copy whose linear layers hold int8 weights and quantise their inputs on the fly (dynamic quantisation).
+
+    Each weight matrix is stored as 8-bit integers and a scale; at run time each input batch is
+    scaled to 8 bits too, the product is computed in integers and scaled back. Only ``nn.Linear``
+    layers change; embeddings, norms and the attention arithmetic stay in float32. PyTorch marks
+    this eager-mode API as deprecated in favour of the ``torchao`` package, but it still runs on
+    every CPU build the course supports, so its warnings are silenced here.
+    """
+    import copy
+
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=UserWarning)
+        return quantize_dynamic(copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8)
+
+
+def saved_megabytes(model: nn.Module) -> float:
+    """Size of the model's saved weights (``torch.save`` of its state dict), in MB (10^6 bytes)."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes / 1e6
+
+
+def time_in_turn(functions: dict[str, Callable[[], object]], device: torch.device, repeats: int = 3,
+                 warmup: int = 1) -> dict[str, float]:
+    """Median wall seconds of each function, calling them in turn within every repeat (after ``warmup`` untimed rounds).
+
+    Timing the candidates in turn rather than one after the other means that a machine busy with
+    other work slows them alike, so their ratio stays meaningful even when the absolute times do not.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    seconds: dict[str, list[float]] = {name: [] for name in functions}
+    for attempt in range(warmup + repeats):
+        for name, function in functions.items():
+            _synchronize(device)
+            started = time.perf_counter()
+            function()
+            _synchronize(device)
+            if attempt >= warmup:
+                seconds[name].append(time.perf_counter() - started)
+    return {name: float(np.median(times)) for name, times in seconds.items()}
+
+
+def speed_rows(model: GPT, prompt_length: int, lengths: list[int], repeats: int = 3) -> list[dict]:
+    """For each number of generated tokens: ms/token with the cache, without it, and the ratio (greedy, batch 1).
+
+    The two loops are timed in turn (``time_in_turn``) on the same random prompt.
+    """
+    device = next(model.parameters()).device
+    prompt = random_prompt(prompt_length, model.config.vocab_size)[0]
+    rows = []
+    for new_tokens in lengths:
+        seconds = time_in_turn({use_cache: lambda use_cache=use_cache: generate(model, prompt, new_tokens, GREEDY, use_cache=use_cache)
+                                for use_cache in (True, False)}, device, repeats)
+        rows.append({"new_tokens": new_tokens, "cache_ms": 1000 * seconds[True] / new_tokens,
+                     "no_cache_ms": 1000 * seconds[False] / new_tokens, "cache_speedup": seconds[False] / seconds[True]})
+    return rows
+
+
+def int8_intent_classifier(classifier):
+    """Lab 4's ``IntentClassifier`` with its encoder's linear layers and its head quantised to int8.
+
+    A copy, on the CPU; the original is untouched. The word embeddings stay in float32.
+    """
+    from llmlab.intents import IntentClassifier
+
+    model = int8_copy(classifier.model)
+    return IntentClassifier(classifier.intents, model, classifier.tokenizer, classifier.recipe, classifier.max_length,
+                            classifier.training_seconds, classifier.trainable_parameters)
+
+
+@torch.no_grad()
+def continuation_log_probability(model: GPT, tokens: torch.Tensor, prompt_length: int) -> float:
+    """The model's total log-probability (natural log) of ``tokens[prompt_length:]`` given what comes before each.
+
+    ``tokens`` (1-D) must fit the model's context, so that every token is scored with all of the text before it.
+    """
+    tokens = torch.as_tensor(tokens).view(-1)
+    if not 1 <= prompt_length <= len(tokens) or len(tokens) > model.context:
+        raise ValueError(f"need 1 <= prompt_length ({prompt_length}) <= {len(tokens)} tokens <= the context ({model.context})")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    log_probabilities = torch.log_softmax(model(tokens.to(device).view(1, -1)).float(), dim=-1)[0]
+    model.train(was_training)
+    targets = tokens[prompt_length:].to(device)
+    return float(log_probabilities[prompt_length - 1:-1].gather(-1, targets.view(-1, 1)).sum())
+
+
+def checkpoint_header(path) -> dict:
+    """The JSON header of an ``llmlab`` checkpoint (its step and metadata), read without loading any tensor."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return json.loads(handle.metadata()["llmlab"])
+
+
+def _as_run(run_settings: dict) -> dict:
+    """Run settings as the run used them: pretrain clips at 1.0 when the settings name no clip_norm."""
+    return {**run_settings, "clip_norm": 1.0 if run_settings.get("clip_norm") is None else run_settings["clip_norm"]}
+
+
+def _why_not_loaded(path: Path, settings: dict, alphabet: str) -> str | None:
+    """Why the checkpoint at ``path`` is not Lab 3's finished run with ``settings``; None when it is."""
+    from llmlab.pretraining import RUN_KEYS
+
+    if not path.is_file():
+        return f"there is no checkpoint at {path}"
+    header = checkpoint_header(path)
+    saved = _as_run(header["metadata"].get("run_settings") or {})
+    wanted = _as_run({key: settings.get(key) for key in RUN_KEYS} | {"seed": 0})
+    differences = [f"{key} {saved.get(key)!r} there, {wanted.get(key)!r} here" for key in sorted(set(saved) | set(wanted))
+                   if saved.get(key) != wanted.get(key)]
+    if differences:
+        return f"{path} was written with other settings ({'; '.join(differences[:3])})"
+    if header["step"] < settings["steps"]:
+        return f"{path} holds step {header['step']} of {settings['steps']}, an unfinished run"
+    if header["metadata"].get("alphabet") != alphabet:
+        return f"{path} was trained on another alphabet"
+    return None
+
+
+def lab3_model(preset: str, device: torch.device, corpus, checkpoint_path) -> tuple[GPT, str]:
+    """Lab 3's character GPT for ``preset`` and a sentence that says where it came from.
+
+    The checkpoint is loaded only if Lab 3's run with the same preset wrote it (the same run
+    settings, seed 0, every step done, the same alphabet); otherwise the model is trained here
+    with ``pretrain`` and Lab 3's settings for ``preset``, and the sentence gives the reason.
+    """
+    from llmlab.checkpoint import load_checkpoint
+    from llmlab.pretraining import model_config, pretrain
+
+    settings = lab_settings("03_pretraining", preset)
+    path = Path(checkpoint_path)
+    reason = _why_not_loaded(path, settings, corpus.tokenizer.alphabet)
+    if reason is None:
+        model = GPT(model_config(settings, corpus.tokenizer.vocab_size))
+        step, _, _ = load_checkpoint(path, model)
+        return model.to(device).eval(), f"loaded Lab 3's '{preset}' model from {path} (step {step} of {settings['steps']})"
+    model, history, _ = pretrain(settings, device, corpus, description=f"Lab 3's model ({preset})")
+    return model.eval(), (f"trained Lab 3's '{preset}' model here ({settings['steps']} steps, {history.eval_seconds[-1]:.0f} s) "
+                          f"because {reason}")
+
+
+def benchmark_model(settings: dict) -> GPT:
+    """The model ``benchmark`` times: the preset's GPT shape, GPT-2 style (learned positions, biases) so that Hugging Face runs it too."""
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=settings["bench_vocab"], context=settings["bench_prompt"] + max(settings["bench_new_tokens"]),
+                       d_model=settings["bench_d_model"], n_heads=settings["bench_heads"], n_layers=settings["bench_layers"],
+                       rotary=False, bias=True)
+    return GPT(config).eval()
+
+
+def benchmark(preset: str) -> dict:
+    """ms/token with and without the KV cache, and Hugging Face ``generate`` on the same weights (batch 1, greedy, cache on)."""
+    from llmlab.hf_bridge import to_gpt2_lm_head_model
+
+    settings = lab_settings("05_inference", preset)
+    device = pick_device()
+    model = benchmark_model(settings).to(device)
+    gpt2 = to_gpt2_lm_head_model(model.cpu()).to(device)
+    model.to(device)
+    prompt_length, repeats = settings["bench_prompt"], settings["bench_repeats"]
+    print(f"bench generate | preset {preset} | {describe_machine(device)} | {model.parameter_count():,} parameters "
+          f"({model.config.n_layers} layers × {model.config.d_model}) | prompt {prompt_length} tokens, greedy, batch 1")
+    rows = speed_rows(model, prompt_length, settings["bench_new_tokens"], repeats)
+    for row in rows:
+        new_tokens = row["new_tokens"]
+        prompt = random_prompt(prompt_length, model.config.vocab_size)[0]
+        ours = generate(model, prompt, new_tokens, GREEDY, use_cache=True)
+        hf_options = dict(attention_mask=torch.ones(1, prompt_length, dtype=torch.long, device=device), max_new_tokens=new_tokens,
+                          min_new_tokens=new_tokens, do_sample=False, use_cache=True, pad_token_id=0)
+        theirs = gpt2.generate(prompt.view(1, -1).to(device), **hf_options)[0].cpu()
+        row["hf_ms"] = 1000 * measure_seconds(lambda: gpt2.generate(prompt.view(1, -1).to(device), **hf_options),
+                                              device, repeats, warmup=1) / new_tokens
+        row["same_tokens_as_hf"] = bool(torch.equal(ours, theirs))
+    print(f"{'new tokens':>10} {'cache ms/token':>15} {'no cache ms/token':>18} {'speed-up':>9} {'HF generate ms/token':>21} {'same tokens':>12}")
+    for row in rows:
+        print(f"{row['new_tokens']:>10} {row['cache_ms']:>15.3f} {row['no_cache_ms']:>18.3f} {row['cache_speedup']:>8.1f}x "
+              f"{row['hf_ms']:>21.3f} {str(row['same_tokens_as_hf']):>12}")
+    report = {"preset": preset, "machine": describe_machine(device), "parameters": model.parameter_count(), "rows": rows}
+    print(json.dumps(report))
+    return report

@@ -1,0 +1,167 @@
+"""Lab 4b's self-checks pass the reference code and name each classic mistake (04b.1 chat format, 04b.2 labels and padding,
+04b.3 the DPO loss); a solution that only replays the self-check's answers fails the grader's hidden variants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmlab import instruct
+from llmlab.checks import lab04b
+from llmlab.checks.core import variant
+from llmlab.instruct import IGNORE
+
+
+def expect(result, phrase: str | None) -> None:
+    """``phrase`` None: the check passes; otherwise it fails with a message that contains ``phrase``."""
+    assert bool(result) is (phrase is None), result
+    assert phrase is None or phrase in result.message, result
+    assert "\n" not in result.message
+
+
+# --- 04b.1: the chat format ----------------------------------------------------------------------------------
+
+
+def chat_with(turn="<|im_start|>{role}\n{content}<|im_end|>\n", cue="<|im_start|>assistant\n", cue_when=(True,), strip=False,
+              roles=None):
+    def format_chat(messages, add_generation_prompt=False):
+        text = "".join(turn.format(role=(roles or {}).get(m["role"], m["role"]), content=m["content"].strip() if strip else m["content"])
+                       for m in messages)
+        return text + (cue if add_generation_prompt in cue_when else "")
+    return format_chat
+
+
+@pytest.mark.parametrize("format_chat, phrase", [
+    pytest.param(instruct.format_chat, None, id="reference"),
+    pytest.param(chat_with(), None, id="rewritten"),
+    pytest.param(chat_with(cue_when=()), "must end with '<|im_start|>assistant\\n'", id="no-generation-prompt"),
+    pytest.param(chat_with(cue_when=(True, False)), "belongs only where add_generation_prompt is True", id="prompt-always"),
+    pytest.param(chat_with(turn="<|im_start|>{role}{content}<|im_end|>\n"), "put a newline between the role and the content",
+                 id="no-newline-after-role"),
+    pytest.param(chat_with(turn="<|im_start|>{role}\n{content}<|im_end|>"), "after each '<|im_end|>' comes a newline",
+                 id="no-newline-after-end"),
+    pytest.param(chat_with(turn="<|im_start|>{role}\n{content}\n"), "every message must end with '<|im_end|>'", id="no-end-token"),
+    pytest.param(chat_with(strip=True), "do not strip its spaces", id="stripped"),
+    pytest.param(chat_with(roles={"user": "customer", "assistant": "barista"}), "use each message's own role", id="renamed-roles"),
+    pytest.param(lambda messages, add: [instruct.format_chat(messages, add)], "return one string, got list", id="list"),
+    pytest.param(lambda messages, add: instruct.format_chat(messages, add).replace("<|im_start|>", "<|start|>"),
+                 "differs from the expected format at character 2: got '<|start|>user", id="other-format"),
+])
+def test_format_chat_check(format_chat, phrase):
+    expect(lab04b.check_format_chat(format_chat), phrase)
+
+
+# --- 04b.2: labels and padding of a training batch -------------------------------------------------------------
+
+
+def collate_with(labels_from, left=False, attention_all_ones=False, as_lists=False):
+    """A collator whose labels are ``labels_from(input_ids, attention_mask, assistant_mask, pad_token_id)``."""
+    def collate(features, pad_token_id):
+        longest = max(len(f["input_ids"]) for f in features)
+
+        def pad(values, value):
+            padding = [value] * (longest - len(values))
+            return padding + list(values) if left else list(values) + padding
+
+        ids = torch.tensor([pad(f["input_ids"], pad_token_id) for f in features])
+        attention = torch.tensor([pad([1] * len(f["input_ids"]), 0) for f in features])
+        assistant = torch.tensor([pad(f["assistant_mask"], 0) for f in features])
+        labels = labels_from(ids, attention, assistant, pad_token_id)
+        if attention_all_ones:
+            attention = torch.ones_like(attention)
+        batch = {"input_ids": ids, "attention_mask": attention, "labels": labels}
+        return {key: value.tolist() for key, value in batch.items()} if as_lists else batch
+    return collate
+
+
+def right_labels(ids, attention, assistant, pad):
+    return torch.where(assistant.bool() & attention.bool(), ids, IGNORE)
+
+
+@pytest.mark.parametrize("collate, phrase", [
+    pytest.param(instruct.collate_conversations, None, id="reference"),
+    pytest.param(collate_with(right_labels), None, id="rewritten"),
+    pytest.param(collate_with(lambda ids, attention, assistant, pad: torch.where(attention.bool(), ids, IGNORE)),
+                 "the prompt's tokens are in the labels", id="prompt-in-loss"),
+    pytest.param(collate_with(lambda ids, attention, assistant, pad: torch.cat(
+        [right_labels(ids, attention, assistant, pad)[:, 1:], torch.full_like(ids[:, :1], IGNORE)], 1)),
+        "shifted by one position", id="shifted"),
+    pytest.param(collate_with(lambda ids, attention, assistant, pad: right_labels(ids, attention, assistant, pad)[:, 1:]),
+                 "one position shorter than input_ids", id="shortened"),
+    pytest.param(collate_with(lambda ids, attention, assistant, pad: torch.where(attention.bool(), right_labels(ids, attention, assistant, pad), ids)),
+                 "padding is not masked: the labels of padded positions must be -100 (not the pad id)", id="padding-in-loss"),
+    pytest.param(collate_with(lambda ids, attention, assistant, pad: torch.where(assistant.bool() & (ids != pad), ids, IGNORE)),
+                 "find padding by its position (the attention mask), not by its id", id="masked-by-pad-id"),
+    pytest.param(collate_with(right_labels, left=True), "pad on the right", id="left-padding"),
+    pytest.param(collate_with(right_labels, attention_all_ones=True), "the attention mask must be 1 on each conversation's tokens and 0",
+                 id="attention-all-ones"),
+    pytest.param(collate_with(right_labels, as_lists=True), "input_ids should be a torch.Tensor, got list", id="lists"),
+    pytest.param(lambda features, pad: {"input_ids": None}, "return a dict with the keys input_ids, attention_mask and labels",
+                 id="missing-keys"),
+])
+def test_collate_batch_check(collate, phrase):
+    expect(lab04b.check_collate_batch(collate), phrase)
+
+
+# --- 04b.3: the DPO loss -------------------------------------------------------------------------------------------
+
+
+def dpo_with(margin_of, reduce=torch.mean, loss_of=lambda margin: -F.logsigmoid(margin)):
+    def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta):
+        return reduce(loss_of(margin_of(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)))
+    return dpo_loss
+
+
+def right_margin(pc, pr, rc, rr, beta):
+    return beta * ((pc - rc) - (pr - rr))
+
+
+@pytest.mark.parametrize("dpo_loss, phrase", [
+    pytest.param(instruct.dpo_loss, None, id="reference"),
+    pytest.param(dpo_with(right_margin, loss_of=lambda margin: F.softplus(-margin)), None, id="softplus"),
+    pytest.param(dpo_with(lambda pc, pr, rc, rr, beta: -right_margin(pc, pr, rc, rr, beta)), "the margin has the wrong sign",
+                 id="sign"),
+    pytest.param(dpo_with(lambda pc, pr, rc, rr, beta: right_margin(pc, pr, rc, rr, 1.0)), "beta is missing", id="no-beta"),
+    pytest.param(dpo_with(lambda pc, pr, rc, rr, beta: beta * (pc - pr)), "the reference model is missing", id="no-reference"),
+    pytest.param(dpo_with(right_margin, reduce=torch.sum), "this is the sum over pairs", id="sum"),
+    pytest.param(dpo_with(right_margin, reduce=lambda losses: losses), "return one number, the mean over the pairs", id="per-pair"),
+    pytest.param(dpo_with(right_margin, loss_of=lambda margin: -torch.sigmoid(margin)), "not −σ(margin): take the log", id="no-log"),
+    pytest.param(dpo_with(right_margin, loss_of=lambda margin: -torch.log(torch.sigmoid(margin))), "use F.logsigmoid(x)",
+                 id="log-of-sigmoid-underflows"),
+    pytest.param(lambda *args: instruct.dpo_loss(*args).item(), None, id="python-float-is-accepted"),
+    pytest.param(lambda *args: instruct.dpo_loss(*args).detach(), "the loss carries no gradient", id="detached"),
+])
+def test_dpo_loss_check(dpo_loss, phrase):
+    expect(lab04b.check_dpo_loss(dpo_loss), phrase)
+
+
+# --- the grader's hidden variants ----------------------------------------------------------------------------------
+
+
+def memoriser(exercise: str):
+    """Passes the self-check by storing the reference's answers to its exact inputs, then only replays them."""
+    _, reference = lab04b.REFERENCES[exercise]
+    answers = {}
+
+    def key(args):
+        return tuple((tuple(a.shape), a.double().sum().item()) if isinstance(a, torch.Tensor) else repr(a) for a in args)
+
+    def record(*args):
+        answers[key(args)] = reference(*args)
+        return answers[key(args)]
+
+    assert lab04b.CHECKS[exercise](record)
+    return lambda *args: answers[key(args)]
+
+
+@pytest.mark.parametrize("exercise", sorted(lab04b.CHECKS))
+def test_a_memoriser_passes_the_self_check_and_fails_every_hidden_variant(exercise):
+    replay = memoriser(exercise)
+    assert lab04b.CHECKS[exercise](replay)
+    _, reference = lab04b.REFERENCES[exercise]
+    for number in (1, 2):
+        with variant(number):
+            assert lab04b.CHECKS[exercise](reference)
+            result = lab04b.CHECKS[exercise](replay)
+        assert not result and "KeyError" in result.message, result

@@ -1,0 +1,170 @@
+"""Lab 5's measurements: the formulas by hand, the timers' bookkeeping, int8 copies, Lab 3's model and the benchmark."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from llmlab import inference, intents
+from llmlab.checkpoint import save_checkpoint
+from llmlab.generation import generate
+from llmlab.lm import shakespeare_corpus
+from llmlab.model import GPT, GPTConfig
+from llmlab.pretraining import RUN_KEYS, model_config
+from llmlab.presets import lab_settings
+from llmlab.training import History
+
+
+def tiny_gpt(context: int = 40, rotary: bool = True, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=17, context=context, d_model=64, n_heads=4, n_layers=2, rotary=rotary, bias=False)).eval()
+
+
+def test_memory_bound_ceiling_by_hand():
+    # 7e9 weights of 2 bytes read once per step at 3.35e12 bytes/s: 3.35e12 / 14e9 steps per second
+    assert inference.memory_bound_tokens_per_second(14e9, 3.35e12) == pytest.approx(239.2857, rel=1e-6)
+    assert inference.memory_bound_tokens_per_second(14e9, 320e9, batch=8) == pytest.approx(8 * 320 / 14, rel=1e-9)
+    for bad in ((0, 1e9), (1e9, 0), (1e9, 1e9, 0)):
+        with pytest.raises(ValueError, match="positive"):
+            inference.memory_bound_tokens_per_second(*bad)
+
+
+def test_int8_copy_keeps_the_outputs_close_shrinks_the_file_and_leaves_the_original_alone():
+    model = tiny_gpt()
+    tokens = torch.randint(0, 17, (2, 30), generator=torch.Generator().manual_seed(1))
+    quantised = inference.int8_copy(model)
+    assert isinstance(model.blocks[0].mlp.up, nn.Linear) and type(quantised.blocks[0].mlp.up) is not nn.Linear
+    with torch.no_grad():
+        before, after = model(tokens), quantised(tokens)
+    assert ((after - before).norm() / before.norm()).item() < 0.05
+    assert inference.saved_megabytes(quantised) < 0.5 * inference.saved_megabytes(model)
+    # the int8 copy generates with the KV cache like the original
+    assert generate(quantised, tokens[0, :5], 10, inference.GREEDY, use_cache=True).shape == (15,)
+
+
+def test_ms_per_token_and_speed_rows_measure_each_length():
+    model = tiny_gpt()
+    assert inference.ms_per_token(model, 4, 6, use_cache=True, repeats=1) > 0
+    rows = inference.speed_rows(model, 4, [4, 8], repeats=1)
+    assert [row["new_tokens"] for row in rows] == [4, 8]
+    for row in rows:
+        assert row["cache_ms"] > 0 and row["no_cache_ms"] > 0
+        assert row["cache_speedup"] == pytest.approx(row["no_cache_ms"] / row["cache_ms"])
+
+
+def test_time_in_turn_calls_each_candidate_in_turn_and_reports_medians():
+    calls = []
+    seconds = inference.time_in_turn({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"),
+                                     repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4 and set(seconds) == {"a", "b"} and all(value >= 0 for value in seconds.values())
+    with pytest.raises(ValueError, match="repeats"):
+        inference.time_in_turn({"a": lambda: None}, torch.device("cpu"), repeats=0)
+
+
+def test_prefill_and_decode_report_both_phases_consistently():
+    phases = inference.prefill_and_decode(tiny_gpt(), prompt_length=20, new_tokens=5, batch=3, repeats=2)
+    assert set(phases) == {"prefill_ms", "decode_ms_per_step", "prompt_tokens_per_second", "generated_tokens_per_second"}
+    assert all(value > 0 for value in phases.values())
+    assert phases["prompt_tokens_per_second"] == pytest.approx(3 * 20 / (phases["prefill_ms"] / 1000))
+    assert phases["generated_tokens_per_second"] == pytest.approx(3 / (phases["decode_ms_per_step"] / 1000))
+
+
+def test_batch_throughput_has_one_row_per_batch_size():
+    rows = inference.batch_throughput(tiny_gpt(), [1, 3], prompt_length=8, new_tokens=4, repeats=1)
+    assert [row["batch"] for row in rows] == [1, 3]
+    for row in rows:
+        assert row["tokens_per_second"] == pytest.approx(row["batch"] * 1000 / row["ms_per_step"])
+
+
+def test_continuation_log_probability_is_the_sum_of_the_next_token_log_probabilities():
+    model = tiny_gpt()
+    tokens = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
+    with torch.no_grad():
+        log_probabilities = torch.log_softmax(model(tokens.view(1, -1)), dim=-1)[0]
+    by_hand = sum(log_probabilities[t - 1, tokens[t]].item() for t in range(3, len(tokens)))
+    assert inference.continuation_log_probability(model, tokens, 3) == pytest.approx(by_hand, abs=1e-5)
+    assert inference.continuation_log_probability(model, tokens, len(tokens)) == 0
+    with pytest.raises(ValueError, match="context"):
+        inference.continuation_log_probability(model, torch.zeros(41, dtype=torch.long), 3)
+
+
+# --- Lab 3's model: loaded only from a finished run of the same preset ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return shakespeare_corpus()
+
+
+def write_checkpoint(path, corpus, step=None, alphabet=None, **changed):
+    """A checkpoint as Lab 3's smoke run writes it (random weights), with some of its record changed."""
+    settings = lab_settings("03_pretraining", "smoke")
+    model = GPT(model_config(settings, corpus.tokenizer.vocab_size))
+    run_settings = {key: settings.get(key) for key in RUN_KEYS} | {"seed": 0} | changed
+    save_checkpoint(path, model, step=settings["steps"] if step is None else step,
+                    metadata={"run_settings": run_settings, "alphabet": alphabet or corpus.tokenizer.alphabet})
+    return model
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """pretrain replaced by a stand-in that records that it was asked to train."""
+    calls = []
+
+    def pretend(settings, device, corpus, description=""):
+        calls.append(settings)
+        return GPT(model_config(settings, corpus.tokenizer.vocab_size)), History(eval_seconds=[2.0]), corpus
+
+    monkeypatch.setattr("llmlab.pretraining.pretrain", pretend)
+    return calls
+
+
+def test_lab3_model_loads_the_checkpoint_of_a_finished_run_of_the_same_preset(tmp_path, corpus, no_training):
+    saved = write_checkpoint(tmp_path / "checkpoint.safetensors", corpus, clip_norm=None)  # unset clip_norm means 1.0
+    model, origin = inference.lab3_model("smoke", torch.device("cpu"), corpus, tmp_path / "checkpoint.safetensors")
+    assert origin.startswith("loaded Lab 3's 'smoke' model") and not no_training
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), saved.state_dict().values()))
+
+
+@pytest.mark.parametrize("record, reason", [
+    pytest.param({"d_model": 128}, "was written with other settings (d_model 128 there, 32 here)", id="other-settings"),
+    pytest.param({"step": 20}, "holds step 20 of 60, an unfinished run", id="unfinished"),
+    pytest.param({"alphabet": "abc"}, "was trained on another alphabet", id="other-alphabet"),
+    pytest.param(None, "there is no checkpoint at", id="missing"),
+])
+def test_lab3_model_trains_and_says_why_when_the_checkpoint_is_not_that_run(tmp_path, corpus, no_training, record, reason):
+    path = tmp_path / "checkpoint.safetensors"
+    if record is not None:
+        write_checkpoint(path, corpus, **record)
+    _, origin = inference.lab3_model("smoke", torch.device("cpu"), corpus, path)
+    assert origin.startswith("trained Lab 3's 'smoke' model here (60 steps, 2 s) because") and reason in origin, origin
+    assert no_training == [lab_settings("03_pretraining", "smoke")]
+
+
+# --- Lab 4's classifier in int8 ------------------------------------------------------------------------------
+
+
+def test_int8_intent_classifier_agrees_with_the_float_one_and_is_smaller():
+    texts = ["Where is my new card?", "My card has not arrived", "When does the card come?",
+             "I want a refund", "Please return my money", "Refund this payment"]
+    classifier = intents.train_intent_classifier(texts, [0, 0, 0, 1, 1, 1], ["card_arrival", "request_refund"], "frozen", device="cpu")
+    quantised = inference.int8_intent_classifier(classifier)
+    queries = ["has my card shipped yet", "give me my money back"]
+    assert [intent for intent, _ in quantised.predict(queries)] == [intent for intent, _ in classifier.predict(queries)]
+    assert inference.saved_megabytes(quantised.model) < 0.8 * inference.saved_megabytes(classifier.model)
+    assert isinstance(classifier.model.head, nn.Linear)  # the original keeps its float head
+
+
+# --- the benchmark --------------------------------------------------------------------------------------------
+
+
+def test_benchmark_prints_its_table_and_matches_hugging_face_on_the_smoke_preset(capsys):
+    report = inference.benchmark("smoke")
+    printed = capsys.readouterr().out
+    assert "bench generate | preset smoke |" in printed and "cache ms/token" in printed and "HF generate ms/token" in printed
+    assert json.loads(printed.strip().splitlines()[-1]) == json.loads(json.dumps(report))
+    assert [row["new_tokens"] for row in report["rows"]] == lab_settings("05_inference", "smoke")["bench_new_tokens"]
+    assert all(row["same_tokens_as_hf"] for row in report["rows"])
