@@ -11,7 +11,7 @@ KEEP_TORCH ?= 0
 STAMP := $(VENV)/.installed
 BOOK_OUT := _build/html
 
-.PHONY: book test labs check-labs clean-book
+.PHONY: book student-book test browser-test labs check-labs grade clean-book gpu-check test-min-versions
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,14 +31,57 @@ book: $(STAMP)
 		$(BIN)/jupyter-book build . -W -n --keep-going
 	@echo "The book is at $(CURDIR)/$(BOOK_OUT)/index.html"
 
+# The edition an instructor gives students: lab pages from labs/ (no solutions), end-of-chapter
+# solutions hidden, no instructors' page. Built into _build/student/_build/html.
+student-book: $(STAMP)
+	$(BIN)/python -m llmlab.course.site student-edition _build/student-config
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
+		$(BIN)/jupyter-book build . --config _build/student-config/_config.yml --toc _build/student-config/_toc.yml \
+		--path-output _build/student -W -n --keep-going
+	@echo "The student edition is at $(CURDIR)/_build/student/_build/html/index.html"
+
 test: $(STAMP)
-	LLMLAB_PRESET=smoke $(BIN)/python -m pytest
+	LLMLAB_PRESET=smoke LLMLAB_RUNS=$$(mktemp -d) $(BIN)/python -m pytest
+
+# The built site in headless Chromium (Debian: sudo apt-get install -y chromium chromium-driver),
+# with every host but 127.0.0.1 cut off. `make test` runs it too when the browser is installed.
+browser-test: book
+	LLMLAB_SITE=$(BOOK_OUT) LLMLAB_BROWSER_TEST=required LLMLAB_PRESET=smoke \
+		$(BIN)/python -m pytest tests/test_site.py tests/test_browser.py
 
 labs: $(STAMP)
-	$(BIN)/python -m llmlab.notebooks labs
+	$(BIN)/python -m llmlab.course.notebooks labs
+
+# Grade a folder of submitted notebooks of one lab: make grade SUBMISSIONS=folder LAB=03 [OUT=gradebook.csv]
+OUT ?= gradebook.csv
+grade: $(STAMP)
+	$(BIN)/python -m llmlab.grade $(SUBMISSIONS) --lab $(LAB) --out $(OUT)
 
 check-labs: $(STAMP)
-	$(BIN)/python -m llmlab.notebooks check
+	$(BIN)/python -m llmlab.course.notebooks check
 
 clean-book:
 	rm -rf _build
+
+# On a CUDA machine: every solution at the gpu preset, its outputs refreshed, with wall time and peak GPU memory per
+# lab (a table printed and written to runs/gpu-check.md). Without CUDA it stops with a one-line error. A card other
+# than a T4: make gpu-check GPU_CHECK_ARGS="--t4-ratio R" adds T4 times estimated as R × the measured ones.
+GPU_CHECK_ARGS ?=
+gpu-check: $(STAMP)
+	$(BIN)/python -m llmlab.course.gpu_check $(GPU_CHECK_ARGS)
+
+# The oldest versions llmlab allows (.ci/min-versions.txt) on the oldest Python it allows, in .venv-min: the unit
+# tests and the smoke notebooks. Not the book, the site or the browser test: Jupyter Book is not llmlab's dependency.
+MIN_PYTHON ?= python3.11
+MIN_VENV := .venv-min
+MIN_STAMP := $(MIN_VENV)/.installed
+
+$(MIN_STAMP): .ci/min-versions.txt pyproject.toml
+	@test -x $(MIN_VENV)/bin/python || $(MIN_PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install -q -r .ci/min-versions.txt
+	$(MIN_VENV)/bin/python -m pip install -q --no-deps -e .
+	@touch $(MIN_STAMP)
+
+test-min-versions: $(MIN_STAMP)
+	LLMLAB_PRESET=smoke LLMLAB_RUNS=$$(mktemp -d) $(MIN_VENV)/bin/python -m pytest tests solutions \
+		--ignore=tests/test_book.py --ignore=tests/test_site.py --ignore=tests/test_browser.py
