@@ -3,30 +3,144 @@
 smoke: seconds, what CI runs (checks that the code works, not that it learns much).
 cpu:   a few minutes on a 2-core laptop; the committed solution outputs come from it.
 gpu:   a free Colab T4 (16 GB), sized with headroom; minutes, not hours.
+
+``lab_settings(lab, preset)`` is how every lab, benchmark and test reads them: an unknown lab or
+preset is a one-line error that lists the valid names.
 """
 
+from __future__ import annotations
+
+PRESET_NAMES = ("smoke", "cpu", "gpu")
+PRESET_HELP = "smoke = seconds (what the tests run), cpu = a few minutes on a laptop, gpu = a Colab T4"
+
+
+def check_preset(name: str) -> str:
+    """``name`` if it is a preset, else a one-line ValueError naming the valid ones."""
+    if name not in PRESET_NAMES:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESET_NAMES)} ({PRESET_HELP})")
+    return name
+
+
+def lab_settings(lab: str, preset: str) -> dict:
+    """A copy of one lab's settings for one preset."""
+    if lab not in LAB_PRESETS:
+        raise KeyError(f"no presets for lab {lab!r}; labs with presets: {', '.join(sorted(LAB_PRESETS))}")
+    return dict(LAB_PRESETS[lab][check_preset(preset)])
+
+
 LAB_PRESETS: dict[str, dict[str, dict]] = {
+    "04b_instruction_tuning": {
+        # base_model: a Hugging Face Hub name (gpu), or None for the decoder the lab builds itself: a byte-level BPE of
+        # vocab_size tokens and a Llama-shaped model (d_model, d_ff, n_layers, n_heads) pretrained for pretrain_steps
+        # on windows of `context` tokens of plain text (pretrain_characters None = all of it). dialogs None = all 3,710.
+        # max_length: the longest conversation trained on (longer ones are skipped and counted, never cut).
+        # cpu_threads: the torch threads on a CPU (None = torch's default); one thread keeps a small model's steps steady
+        # on a 2-core machine that also runs other work, where two threads wait on each other (as in Lab 5).
+        "smoke": dict(
+            cpu_threads=1, base_model=None, vocab_size=600, d_model=32, d_ff=86, n_layers=1, n_heads=2, context=64,
+            pretrain_steps=20, pretrain_batch_size=8, pretrain_learning_rate=3e-3, pretrain_eval_every=10,
+            pretrain_characters=200_000, dialogs=300, validation_fraction=0.05, test_fraction=0.1, max_length=256,
+            sft_batch_size=16, sft_micro_batch_size=16, gradient_checkpointing=False,
+            sft_epochs=1, learning_rate=1e-3, lora_learning_rate=3e-3, sft_log_every=5, sft_save_every=10,
+            lora_r=4, lora_alpha=8, lora_dropout=0.0,
+            dpo_batch_size=4, dpo_micro_batch_size=4, dpo_steps=5, dpo_beta=0.1, dpo_learning_rate=1e-3,
+            eval_batch_size=32, max_new_tokens=16,
+        ),
+        # The cpu learning rates of LoRA and DPO were picked on the validation dialogs when the lab was built: LoRA 1e-2
+        # had a lower validation loss than 3e-3; DPO 2e-4 sits between 1e-4 (hardly moved the model) and 3e-4 (raised the
+        # SFT model's validation loss the most, for a larger preference margin).
+        "cpu": dict(
+            cpu_threads=1, base_model=None, vocab_size=2048, d_model=128, d_ff=344, n_layers=4, n_heads=4, context=128,
+            pretrain_steps=150, pretrain_batch_size=32, pretrain_learning_rate=3e-3, pretrain_eval_every=25,
+            pretrain_characters=None, dialogs=None, validation_fraction=0.05, test_fraction=0.15, max_length=256,
+            sft_batch_size=32, sft_micro_batch_size=32, gradient_checkpointing=False,
+            sft_epochs=1, learning_rate=1e-3, lora_learning_rate=1e-2, sft_log_every=10, sft_save_every=50,
+            lora_r=16, lora_alpha=32, lora_dropout=0.0,
+            dpo_batch_size=16, dpo_micro_batch_size=16, dpo_steps=60, dpo_beta=0.1, dpo_learning_rate=2e-4,
+            eval_batch_size=64, max_new_tokens=40,
+        ),
+        # Qwen2.5-0.5B (base, 0.49B parameters, Apache-2.0) ships ChatML's chat template and tokens. In float32 each copy
+        # of it takes 1.8 GiB, and the notebook keeps every model it makes on the GPU (base, full SFT, LoRA SFT, DPO);
+        # full fine-tuning adds gradients and AdamW (5.5 GiB). Its vocabulary has 151,936 tokens: one 384-token
+        # conversation has 58M logits, 223 MiB in float32, and the loss's backward holds three such tensors at once. So,
+        # to fit a T4 (llmlab.memory estimates each part): micro-batches whose gradients add up to the same optimiser
+        # batches (sft_batch_size 16, dpo_batch_size 8 pairs), gradient checkpointing, and evaluation 2 conversations at a time.
+        # smoke and cpu run whole batches (micro-batch = batch) without checkpointing, as before.
+        "gpu": dict(
+            cpu_threads=None, base_model="Qwen/Qwen2.5-0.5B", dialogs=None, validation_fraction=0.05, test_fraction=0.15, max_length=384,
+            # The model is loaded, not built: nothing to size or pretrain (None, so every preset has the same keys).
+            vocab_size=None, d_model=None, d_ff=None, n_layers=None, n_heads=None, context=None, pretrain_steps=None,
+            pretrain_batch_size=None, pretrain_learning_rate=None, pretrain_eval_every=None, pretrain_characters=None,
+            sft_batch_size=16, sft_micro_batch_size=1, gradient_checkpointing=True,
+            sft_epochs=1, learning_rate=2e-5, lora_learning_rate=2e-4, sft_log_every=10, sft_save_every=50,
+            lora_r=16, lora_alpha=32, lora_dropout=0.05,
+            dpo_batch_size=8, dpo_micro_batch_size=1, dpo_steps=100, dpo_beta=0.1, dpo_learning_rate=2e-5,
+            eval_batch_size=2, max_new_tokens=48,
+        ),
+    },
+    "05_inference": {
+        # Lab 5 generates with Lab 3's model of the same preset. speed_*: ms/token against the number of
+        # generated tokens on a random GPT of that width with a longer context; prefill_*: the two phases
+        # timed apart (same model); batch_*: throughput of Lab 3's model against the batch size;
+        # int8_*: the validation characters and generated tokens that int8 is measured on (on the CPU);
+        # classifier_*: Lab 4's intent classifier if none was saved (None = the whole split).
+        # cpu_threads: the torch threads the lab times with on a CPU (None = torch's default).
+        # bench_*: the model `python -m llmlab.bench generate` times (random weights: speed does not depend on them).
+        "smoke": dict(
+            cpu_threads=1, sample_characters=40, beam_width=3, beam_tokens=12, exercise_tokens=16,
+            speed_prompt=8, speed_lengths=[8, 16], speed_repeats=1,
+            prefill_prompts=[16], prefill_new_tokens=4, prefill_repeats=1,
+            batch_sizes=[1, 2, 4], batch_prompt=8, batch_new_tokens=8, batch_repeats=1,
+            int8_val_characters=2_000, int8_latency_tokens=8, int8_repeats=1,
+            classifier_train_per_intent=3, classifier_test_size=150, classifier_latency_texts=16,
+            bench_vocab=65, bench_d_model=64, bench_heads=4, bench_layers=2, bench_prompt=16, bench_new_tokens=[16, 32],
+            bench_repeats=1,
+        ),
+        "cpu": dict(
+            cpu_threads=1, sample_characters=200, beam_width=4, beam_tokens=30, exercise_tokens=40,
+            speed_prompt=16, speed_lengths=[32, 128, 512, 1024], speed_repeats=2,
+            prefill_prompts=[64, 256, 1024], prefill_new_tokens=32, prefill_repeats=3,
+            batch_sizes=[1, 4, 16, 64, 256], batch_prompt=16, batch_new_tokens=32, batch_repeats=2,
+            int8_val_characters=20_000, int8_latency_tokens=32, int8_repeats=3,
+            classifier_train_per_intent=None, classifier_test_size=None, classifier_latency_texts=64,
+            bench_vocab=65, bench_d_model=128, bench_heads=4, bench_layers=3, bench_prompt=16, bench_new_tokens=[64, 256, 512, 1024],
+            bench_repeats=3,
+        ),
+        "gpu": dict(
+            cpu_threads=None, sample_characters=400, beam_width=4, beam_tokens=60, exercise_tokens=100,
+            speed_prompt=16, speed_lengths=[64, 256, 512, 1024], speed_repeats=3,
+            prefill_prompts=[256, 1024], prefill_new_tokens=64, prefill_repeats=5,
+            batch_sizes=[1, 4, 16, 64, 256], batch_prompt=32, batch_new_tokens=64, batch_repeats=3,
+            int8_val_characters=8_000, int8_latency_tokens=48, int8_repeats=3,
+            classifier_train_per_intent=None, classifier_test_size=None, classifier_latency_texts=64,
+            bench_vocab=65, bench_d_model=384, bench_heads=6, bench_layers=6, bench_prompt=16, bench_new_tokens=[64, 256, 512, 1024],
+            bench_repeats=3,
+        ),
+    },
     "06_business": {
         # pool_per_intent None = the whole training split (minus the validation set) is the pool of
         # known, labelled questions; test_size None = the whole test split.
         "smoke": dict(
             validation_per_intent=2, pool_per_intent=10, test_size=300, max_wrong_answer_rate=0.02,
             evidence_count=3, flywheel_start_per_intent=2, flywheel_months=3, flywheel_messages_per_month=150,
+            flywheel_wrong_answers_reported=0.5, flywheel_label_error_rate=0.1,
         ),
         "cpu": dict(
             validation_per_intent=10, pool_per_intent=None, test_size=None, max_wrong_answer_rate=0.02,
             evidence_count=3, flywheel_start_per_intent=2, flywheel_months=8, flywheel_messages_per_month=1000,
+            flywheel_wrong_answers_reported=0.5, flywheel_label_error_rate=0.1,
         ),
         "gpu": dict(
             validation_per_intent=10, pool_per_intent=None, test_size=None, max_wrong_answer_rate=0.02,
             evidence_count=3, flywheel_start_per_intent=2, flywheel_months=8, flywheel_messages_per_month=1000,
+            flywheel_wrong_answers_reported=0.5, flywheel_label_error_rate=0.1,
         ),
     },
     "04_fine_tuning": {
         # train_per_intent / test_size None = the full BANKING77 split; curve None = all examples
         "smoke": dict(
             train_per_intent=5, test_size=200, tfidf_C=10.0, curve_per_intent=[2, 5], curve_seeds=1,
-            frozen_settings=dict(C=20.0, max_length=32),
+            frozen_settings=dict(C=20.0),
             finetune_settings=dict(epochs=1, batch_size=32, learning_rate=1e-4, head_learning_rate=3e-3, max_length=32),
             lora_settings=dict(epochs=1, batch_size=32, learning_rate=2e-3, head_learning_rate=3e-3, max_length=32,
                                lora_r=8, lora_alpha=16, lora_dropout=0.0),
@@ -34,7 +148,7 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
         ),
         "cpu": dict(
             train_per_intent=None, test_size=None, tfidf_C=10.0, curve_per_intent=[5, 10, 25, 50, None], curve_seeds=3,
-            frozen_settings=dict(C=20.0, max_length=64),
+            frozen_settings=dict(C=20.0),
             finetune_settings=dict(epochs=2, batch_size=32, learning_rate=1e-4, head_learning_rate=3e-3, max_length=64),
             lora_settings=dict(epochs=2, batch_size=32, learning_rate=2e-3, head_learning_rate=3e-3, max_length=64,
                                lora_r=8, lora_alpha=16, lora_dropout=0.0),
@@ -42,7 +156,7 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
         ),
         "gpu": dict(
             train_per_intent=None, test_size=None, tfidf_C=10.0, curve_per_intent=[5, 10, 25, 50, None], curve_seeds=3,
-            frozen_settings=dict(C=20.0, max_length=64),
+            frozen_settings=dict(C=20.0),
             finetune_settings=dict(epochs=8, batch_size=32, learning_rate=1e-4, head_learning_rate=3e-3, max_length=64),
             lora_settings=dict(epochs=8, batch_size=32, learning_rate=2e-3, head_learning_rate=3e-3, max_length=64,
                                lora_r=8, lora_alpha=16, lora_dropout=0.1),
@@ -50,47 +164,50 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
         ),
     },
     "03_pretraining": {
+        # scaling_sizes are [d_model, n_layers] (one head per 32 channels), each trained at every budget of
+        # scaling_budgets (training FLOPs, 6·N·D): at the cpu preset the study took 166 s on a 2-core CPU.
         "smoke": dict(
-            context=32, d_model=32, n_heads=2, n_layers=2, dropout=0.0, rotary=True, bias=False,
-            batch_size=16, steps=60, learning_rate=3e-3, warmup_steps=10, weight_decay=0.1, betas=[0.9, 0.99],
+            context=64, d_model=32, n_heads=2, n_layers=2, dropout=0.0, rotary=True, bias=False,
+            batch_size=16, steps=60, learning_rate=3e-3, warmup_steps=10, weight_decay=0.1, betas=[0.9, 0.99], clip_norm=1.0,
             eval_every=20, eval_windows=64, checkpoint_every=20,
-            sample_characters=120, resume_demo_steps=30,
-            scaling_sizes=[[16, 1], [32, 2], [48, 2]], scaling_steps=40,
+            sample_characters=120, resume_demo_steps=30, step_check_steps=10,
+            scaling_sizes=[[16, 1], [24, 1], [32, 1], [48, 1]], scaling_budgets=[2.5e8, 5e8, 1e9],
         ),
         # Same width as nanoGPT's CPU "baby GPT" (128 channels, context 64), one layer fewer, rotary
         # positions, 32-window batches and a higher peak learning rate: see Chapter 3, "A recipe for a laptop".
         "cpu": dict(
             context=64, d_model=128, n_heads=4, n_layers=3, dropout=0.0, rotary=True, bias=False,
-            batch_size=32, steps=600, learning_rate=5e-3, warmup_steps=30, weight_decay=0.1, betas=[0.9, 0.99],
+            batch_size=32, steps=600, learning_rate=5e-3, warmup_steps=30, weight_decay=0.1, betas=[0.9, 0.99], clip_norm=1.0,
             eval_every=25, eval_windows=300, checkpoint_every=100,
-            sample_characters=500, resume_demo_steps=60,
-            scaling_sizes=[[32, 2], [64, 3], [128, 3]], scaling_steps=300,
+            sample_characters=500, resume_demo_steps=60, step_check_steps=40,
+            scaling_sizes=[[16, 1], [16, 2], [24, 2], [32, 2], [48, 2]], scaling_budgets=[5e10, 1e11, 2e11, 4e11],
         ),
         # nanoGPT's shakespeare_char configuration (its README: val loss 1.4697 on an A100), with rotary
         # positions as in the cpu preset; about 10.7M parameters, well within a T4's 16 GB in fp16.
         "gpu": dict(
             context=256, d_model=384, n_heads=6, n_layers=6, dropout=0.2, rotary=True, bias=False,
-            batch_size=64, steps=5000, learning_rate=1e-3, warmup_steps=100, weight_decay=0.1, betas=[0.9, 0.99],
+            batch_size=64, steps=5000, learning_rate=1e-3, warmup_steps=100, weight_decay=0.1, betas=[0.9, 0.99], clip_norm=1.0,
             eval_every=250, eval_windows=1024, checkpoint_every=500,
-            sample_characters=1000, resume_demo_steps=200,
-            scaling_sizes=[[96, 3], [192, 4], [384, 6]], scaling_steps=1000,
+            sample_characters=1000, resume_demo_steps=200, step_check_steps=100,
+            scaling_sizes=[[32, 2], [48, 2], [64, 2], [96, 3], [128, 3], [192, 4]], scaling_budgets=[3e12, 1e13, 3e13],
         ),
     },
     "01_what_is_an_llm": {
+        # batch_size windows of `window` characters per step; every position of a window is a prediction.
         "smoke": dict(
-            text_characters=60_000, bpe_vocab_sizes=[300, 500, 1000], banking_train=300, banking_test=100, knn_k=5,
+            characters=60_000, bpe_vocab_sizes=[300, 500, 1000], banking_train=300, banking_test=100, knn_k=5,
             bigram_steps=60, mlp_steps=100, mlp_context=8, mlp_embedding=16, mlp_hidden=64,
-            batch_size=64, bigram_learning_rate=0.1, mlp_learning_rate=3e-3, eval_every=50, sample_length=120,
+            batch_size=8, window=32, bigram_learning_rate=0.1, mlp_learning_rate=3e-3, eval_every=50, sample_length=120,
         ),
         "cpu": dict(
-            text_characters=None, bpe_vocab_sizes=[300, 500, 1000, 2000, 4000, 8000], banking_train=None, banking_test=None, knn_k=10,
-            bigram_steps=1500, mlp_steps=6000, mlp_context=12, mlp_embedding=32, mlp_hidden=512,
-            batch_size=256, bigram_learning_rate=0.1, mlp_learning_rate=3e-3, eval_every=500, sample_length=400,
+            characters=None, bpe_vocab_sizes=[300, 500, 1000, 2000, 4000, 8000], banking_train=None, banking_test=None, knn_k=10,
+            bigram_steps=1500, mlp_steps=4000, mlp_context=12, mlp_embedding=32, mlp_hidden=512,
+            batch_size=16, window=64, bigram_learning_rate=0.1, mlp_learning_rate=3e-3, eval_every=500, sample_length=400,
         ),
         "gpu": dict(
-            text_characters=None, bpe_vocab_sizes=[300, 500, 1000, 2000, 4000, 8000, 16000], banking_train=None, banking_test=None, knn_k=10,
+            characters=None, bpe_vocab_sizes=[300, 500, 1000, 2000, 4000, 8000, 16000], banking_train=None, banking_test=None, knn_k=10,
             bigram_steps=1500, mlp_steps=10000, mlp_context=16, mlp_embedding=48, mlp_hidden=1024,
-            batch_size=1024, bigram_learning_rate=0.1, mlp_learning_rate=2e-3, eval_every=500, sample_length=400,
+            batch_size=64, window=64, bigram_learning_rate=0.1, mlp_learning_rate=2e-3, eval_every=500, sample_length=400,
         ),
     },
     "02_attention": {
