@@ -605,7 +605,7 @@ def benchmark(preset: str) -> dict:
         print(table)
     print(f"base: {'loaded from the Hub (seconds: loading it)' if not built else 'built here (seconds: training its tokenizer and pretraining it)'}; "
           "training state = weights + gradients and AdamW moments of the trainable ones (float32, computed; activations extra)")
-    print(f"validation assistant-token loss: " + ", ".join(f"{name} {loss:.3f}" for name, loss in validation_loss.items())
+    print("validation assistant-token loss: " + ", ".join(f"{name} {loss:.3f}" for name, loss in validation_loss.items())
           + f" -> DPO starts from {start_name}")
     print(f"KL(DPO ‖ {start_name}) per assistant token on held-out dialogs: {kl:.4f} nats")
     print(f"total {time.perf_counter() - started:.0f} s")

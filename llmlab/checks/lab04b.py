@@ -92,7 +92,7 @@ def _features(seed: int, pad_token_id: int) -> list[dict]:
 
 
 def _diagnose_labels(labels: torch.Tensor, batch: dict, expected: torch.Tensor, pad_token_id: int) -> None:
-    input_ids, attention = batch["input_ids"], batch["attention_mask"]
+    attention = batch["attention_mask"]
     padding = attention == 0
     if labels.shape == (expected.shape[0], expected.shape[1] - 1):
         raise Mismatch("the labels are one position shorter than input_ids: do not shift them yourself, "
