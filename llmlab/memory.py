@@ -443,7 +443,10 @@ def qwen_decoder(layers: int, **changes):
     """A randomly initialised ``Qwen2ForCausalLM`` of Qwen2.5-0.5B's shape with ``layers`` layers (``changes`` for tests)."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from transformers.initialization import no_init_weights
+    try:  # transformers 5 moved it; the oldest version llmlab allows (4.45) has it in modeling_utils
+        from transformers.initialization import no_init_weights
+    except ModuleNotFoundError:
+        from transformers.modeling_utils import no_init_weights
 
     if layers < 1:
         raise ValueError(f"layers must be at least 1, got {layers}")

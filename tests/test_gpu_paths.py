@@ -263,7 +263,8 @@ def test_qwen_weights_match_the_published_count():
     full, lora, dpo, kl = memory.gpu_memory_estimates("04b_instruction_tuning")
     assert (full.gradients, full.optimizer) == (4 * parameters, 8 * parameters)
     model_bytes = full.weights // 2
-    assert 0 <= model_bytes - 4 * parameters < 1_000  # the rest: the rotary frequencies
+    # The rest: the rotary frequencies, 32 floats per table (one table in transformers 5; 4.45 adds one per layer).
+    assert 0 <= model_bytes - 4 * parameters <= (1 + layers) * 32 * 4
     settings = lab_settings("04b_instruction_tuning", "gpu")
     adapters = layers * settings["lora_r"] * (2 * (d + d) + 2 * (d + 128) + 3 * (d + ff)) + 2 * d  # q, o; k, v; MLP; 2 rows
     assert lora.gradients == dpo.gradients == 4 * adapters
