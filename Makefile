@@ -11,7 +11,7 @@ KEEP_TORCH ?= 0
 STAMP := $(VENV)/.installed
 BOOK_OUT := _build/html
 
-.PHONY: book student-book test browser-test labs check-labs grade clean-book gpu-check test-min-versions
+.PHONY: book translations student-book test browser-test labs check-labs grade clean-book gpu-check test-min-versions
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,10 +26,19 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 
+# Both editions: the English one rebuilds every page and executes every chapter afresh (--all, cache emptied), the Chinese one
+# (llmlab/course/translation.py) reuses those outputs and lands in _build/html/zh_CN.
 book: $(STAMP)
+	rm -rf _build/.jupyter_cache
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
-		$(BIN)/jupyter-book build . -W -n --keep-going
-	@echo "The book is at $(CURDIR)/$(BOOK_OUT)/index.html"
+		$(BIN)/jupyter-book build . --all -W -n --keep-going
+	$(BIN)/python -m llmlab.course.translation build
+	@echo "The book is at $(CURDIR)/$(BOOK_OUT)/index.html, its Chinese edition at $(CURDIR)/$(BOOK_OUT)/zh_CN/index.html"
+
+# After changing English prose: extract its messages and merge them into book/locales (changed ones become fuzzy,
+# new ones empty), then list what needs translating. `make test` fails until every message is translated.
+translations: $(STAMP)
+	$(BIN)/python -m llmlab.course.translation update
 
 # The edition an instructor gives students: lab pages from labs/ (no solutions), end-of-chapter
 # solutions hidden, no instructors' page. Built into _build/student/_build/html.

@@ -24,8 +24,8 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory) -> Path:
-    """The built website's folder: ``LLMLAB_SITE`` when set (a site built already, as ``make browser-test`` passes),
-    else a build made here once for the whole session, which must finish with zero warnings."""
+    """The built website's folder, both editions: ``LLMLAB_SITE`` when set (a site built already, as ``make
+    browser-test`` passes), else a build made here once for the whole session, which must finish with zero warnings."""
     if os.environ.get("LLMLAB_SITE"):
         html = Path(os.environ["LLMLAB_SITE"]).resolve()
         assert (html / "index.html").is_file() and (html / "_static" / course_site.MATHJAX_PATH).is_file(), \
@@ -40,4 +40,9 @@ def built_book(tmp_path_factory) -> Path:
     log = result.stdout + result.stderr
     assert result.returncode == 0, f"jupyter-book build failed:\n{log[-6000:]}"
     assert "WARNING:" not in log, f"the build printed warnings:\n{log[-6000:]}"
+    # The Chinese edition, as `make book` builds it: from the English build's executed chapters, into zh_CN/.
+    from llmlab.course import translation
+
+    _, log = translation.build_chinese_edition(output)
+    assert "WARNING:" not in log, f"the Chinese edition's build printed warnings:\n{log[-6000:]}"
     return output / "_build" / "html"

@@ -33,12 +33,15 @@ def test_no_page_loads_a_script_stylesheet_font_or_image_from_another_site(site)
     assert not external, "pages that would not work offline:\n" + "\n".join(external[:40])
 
 
-def test_mathjax_3_is_served_from_the_site(site):
-    mathjax = site / "_static" / course_site.MATHJAX_DIR
+@pytest.mark.parametrize("edition", ["en", "zh_CN"])
+def test_mathjax_3_is_served_from_the_site(site, edition):
+    root = site if edition == "en" else site / edition
+    mathjax = root / "_static" / course_site.MATHJAX_DIR
     assert (mathjax / "LICENSE").is_file() and "Apache License" in (mathjax / "LICENSE").read_text()
     assert "MathJax 3." in (mathjax / "SOURCE.txt").read_text()
     assert (mathjax / "output" / "chtml" / "fonts" / "woff-v2").is_dir(), "MathJax's fonts are missing"
-    pages_with_math = [page for page in course_site.html_pages(site) if 'class="math notranslate' in page.read_text()]
+    pages_with_math = [page for page in course_site.html_pages(root)
+                       if 'class="math notranslate' in page.read_text() and (edition != "en" or "zh_CN" not in page.relative_to(root).parts)]
     assert len(pages_with_math) >= 3, "the chapters have formulas: expected MathJax on several pages"
     for page in pages_with_math:
         scripts = re.findall(r'<script[^>]*src="([^"]*tex-mml-chtml\.js(?:\?[^"]*)?)"', page.read_text())
@@ -57,8 +60,8 @@ def test_lab_pages_show_a_local_badge_that_opens_the_student_lab(site):
     from llmlab.course.notebooks import repository
 
     url, branch = repository()
-    labs = sorted((site / "solutions").glob("*.html"))
-    assert labs, "no lab page was built"
+    labs = sorted((site / "solutions").glob("*.html")) + sorted((site / "zh_CN" / "solutions").glob("*.html"))
+    assert len(labs) == 2 * len(list((ROOT / "solutions").glob("*.ipynb"))), "a lab page was not built in both editions"
     for page in labs:
         html = page.read_text()
         expected = f"https://colab.research.google.com/github/{url.removeprefix('https://github.com/')}/blob/{branch}/labs/{page.stem}.ipynb"
@@ -70,7 +73,7 @@ def test_lab_pages_show_a_local_badge_that_opens_the_student_lab(site):
 
 
 def test_chapter_pages_offer_no_colab_button(site):
-    chapters = sorted((site / "book").glob("*.html"))
+    chapters = sorted((site / "book").glob("*.html")) + sorted((site / "zh_CN" / "book").glob("*.html"))
     assert chapters
     for page in chapters:
         assert "colab.research.google.com" not in page.read_text(), f"{page.name}: Colab cannot open a Markdown chapter"

@@ -135,6 +135,7 @@ def _localize_page(app, pagename, templatename, context, doctree) -> None:
     if body and f'src="{COLAB_BADGE_IMAGE}"' in body:
         local = context["pathto"](f"_static/{BADGE_FILE}", 1)
         context["body"] = body.replace(f'src="{COLAB_BADGE_IMAGE}"', f'src="{local}"')
+    _language_switch(app, pagename, context)
     if pagename.startswith("book/"):
         # A chapter is a MyST Markdown file, which Colab cannot open: no Colab button there.
         for group in context.get("header_buttons") or []:
@@ -148,6 +149,28 @@ def _localize_page(app, pagename, templatename, context, doctree) -> None:
                 url = button.get("url") or ""
                 if url.startswith("https://colab.research.google.com/") and url.endswith(f"/solutions/{name}.ipynb"):
                     button["url"] = url.removesuffix(f"solutions/{name}.ipynb") + f"labs/{name}.ipynb"
+
+
+# The link at the top of every page to the same page in the other edition (see llmlab/course/translation.py).
+# The Chinese edition sits in the folder zh_CN/ of the English site, so both links are relative and work offline.
+LANGUAGE_SWITCH_CLASS = "llmlab-language-switch"
+OTHER_EDITION = {
+    "zh_CN": ("zh_CN/", "zh-CN", "中文版"),  # on an English page: where the Chinese page is, its language, the link
+    "en": ("../", "en", "English edition"),
+}
+
+
+def _language_switch(app, pagename, context) -> None:
+    other = app.config.llmlab_other_edition
+    if not other or not context.get("body"):
+        return
+    if other not in OTHER_EDITION:
+        raise ValueError(f"llmlab_other_edition is {other!r}; expected one of {sorted(OTHER_EDITION)} or empty")
+    folder, language, label = OTHER_EDITION[other]
+    href = "../" * pagename.count("/") + folder + pagename + ".html"
+    context["body"] = (f'<p class="{LANGUAGE_SWITCH_CLASS}" style="text-align:right;margin:0">'
+                       f'<a href="{href}" hreflang="{language}" lang="{language}">{label}</a></p>\n' + context["body"])
+    context["metatags"] = context.get("metatags", "") + f'\n<link rel="alternate" hreflang="{language}" href="{href}" />'
 
 
 def _copy_assets(app, exception) -> None:
@@ -168,7 +191,12 @@ def _student_edition_source(app, docname, source) -> None:
 
 
 def setup(app):
+    from llmlab.course.translation import let_translations_paste_glue
+
+    let_translations_paste_glue()  # the Chinese edition's paragraphs show the numbers their chapter computed
     app.add_config_value("llmlab_edition", "full", "env")  # "student": see write_student_edition_config
+    # The other language's edition, linked from the top of every page: "zh_CN" from the English, "en" from the Chinese.
+    app.add_config_value("llmlab_other_edition", "", "html")
     app.connect("source-read", _student_edition_source)
     app.connect("config-inited", _check_mathjax_path)
     # after sphinx-book-theme (priority 501) has added its launch buttons
@@ -232,8 +260,10 @@ class _Page(HTMLParser):
 
 
 def html_pages(site: Path) -> list[Path]:
-    """Every page of the built site (not the theme's own template fragments in _static/)."""
-    return sorted(path for path in site.rglob("*.html") if path.relative_to(site).parts[0] not in {"_static", "_sources", "_images"})
+    """Every page of the built site, its Chinese edition in zh_CN/ included (not the theme's own template
+    fragments in _static/)."""
+    return sorted(path for path in site.rglob("*.html")
+                  if not {"_static", "_sources", "_images"} & set(path.relative_to(site).parts))
 
 
 def _parse(path: Path) -> _Page:
@@ -322,6 +352,7 @@ def write_student_edition_config(folder: Path) -> tuple[Path, Path]:
     sphinx_config = config["sphinx"]["config"]
     sphinx_config["hide_solutions"] = True
     sphinx_config["llmlab_edition"] = "student"
+    sphinx_config["llmlab_other_edition"] = ""  # the Chinese edition translates the full edition only
     sphinx_config["exclude_patterns"] = [pattern for pattern in sphinx_config["exclude_patterns"] if pattern != "labs"] \
         + ["solutions", "book/instructors.md"]
     # The paths in the full edition's config are relative to the repository root; jupyter-book reads them from there.
