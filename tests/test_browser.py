@@ -19,7 +19,7 @@ import re
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 
@@ -232,9 +232,9 @@ def test_internal_links_resolve_to_files_of_the_site(server, visits):
     assert not missing, "\n".join(sorted(missing)[:40])
 
 
-def test_search_finds_the_attention_chapter_for_softmax(server, browser):
-    _, origin = server
-    browser.get(origin + "search.html?q=softmax")
+def _search(browser, url: str) -> set[str]:
+    """The paths of the pages the site's search page lists for the query in ``url``."""
+    browser.get(url)
     found = browser.execute_async_script(
         """
         const done = arguments[arguments.length - 1];
@@ -242,15 +242,47 @@ def test_search_finds_the_attention_chapter_for_softmax(server, browser):
         (function wait() {
           const hrefs = [...document.querySelectorAll('#search-results a')].map((a) => a.href);
           const summary = document.querySelector('#search-results .search-summary, #search-results p');
-          const finished = summary && /found|did not match/i.test(summary.textContent);
+          // the summary's last words, in English or in the Chinese edition's Chinese
+          const finished = summary && /found|did not match|匹配到|没有匹配/i.test(summary.textContent);
           if (hrefs.length && finished) done(hrefs);
           else if (finished || Date.now() - start > 20000) done(hrefs);
           else setTimeout(wait, 100);
         })();
         """
     )
-    paths = {urlsplit(href).path for href in found}
+    return {urlsplit(href).path for href in found}
+
+
+def test_search_finds_the_attention_chapter_for_softmax(server, browser):
+    _, origin = server
+    paths = _search(browser, origin + "search.html?q=softmax")
     assert "/book/02_attention.html" in paths, f"searching 'softmax' found {sorted(paths)}"
+    errors = severe(browser, origin)
+    assert not errors, errors
+
+
+def test_chinese_search_finds_the_attention_chapter_for_a_chinese_word(server, browser):
+    """The Chinese edition's index is cut into words (jieba), so a Chinese query finds Chinese pages."""
+    _, origin = server
+    paths = _search(browser, origin + "zh_CN/search.html?q=" + quote("多头注意力"))
+    assert "/zh_CN/book/02_attention.html" in paths, f"searching '多头注意力' found {sorted(paths)}"
+    assert all(path.startswith("/zh_CN/") for path in paths), f"the Chinese search left its edition: {sorted(paths)}"
+    errors = severe(browser, origin)
+    assert not errors, errors
+
+
+def test_the_language_link_switches_to_the_same_page_and_back(server, browser):
+    _, origin = server
+    browser.get(origin + "book/02_attention.html")
+    switch = "p." + course_site.LANGUAGE_SWITCH_CLASS + " a"
+    browser.find_element("css selector", switch).click()
+    assert urlsplit(browser.current_url).path == "/zh_CN/book/02_attention.html"
+    assert browser.execute_script("return document.documentElement.lang") == "zh-CN"
+    title = browser.execute_script("return document.querySelector('article h1').textContent")
+    assert re.search(r"[\u4e00-\u9fff]", title), f"the Chinese page's title is not Chinese: {title!r}"
+    browser.find_element("css selector", switch).click()
+    assert urlsplit(browser.current_url).path == "/book/02_attention.html"
+    assert browser.execute_script("return document.documentElement.lang") == "en"
     errors = severe(browser, origin)
     assert not errors, errors
 
