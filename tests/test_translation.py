@@ -87,7 +87,19 @@ def test_messages_without_words_are_kept_as_they_are():
     assert not translation.has_words("\np(x_1, \\dots, x_N) = \\prod_{t=1}^{N} p(x_t \\mid x_{<t})\n")
     assert not translation.has_words("{cite:t}`vaswani2017attention`")
     assert not translation.has_words("`llmlab.attention`")
+    assert not translation.has_words("\\mathrm{Attention}(Q, K, V) = \\mathrm{softmax}(Q K^\\top) V")  # a notebook's formula
+    assert translation.has_words("AdamW")
     assert translation.has_words("The loss is $L$ nats.")
+
+
+def test_exercise_titles_are_plain_words():
+    """An exercise's title becomes a message as its plain text (llmlab/course/translation.py), which is its
+    source only while titles carry no markup."""
+    titles = [line.split("}", 1)[1].strip() for path in sorted((ROOT / "book").glob("*.md"))
+              for line in path.read_text(encoding="utf-8").splitlines() if re.match(r"^:::+\{exercise\}", line)]
+    assert len(titles) >= 30
+    for title in titles:
+        assert not re.search(r"[`$*_\[\]{}<>]", title), f"exercise title with markup: {title!r}"
 
 
 # ---------------------------------------------------------------- the glossary
@@ -180,6 +192,10 @@ def test_chinese_pages_are_chinese_with_the_same_code_outputs(built_book):
     assert glued and all(value in chinese for value in glued)
     for page in ("book/glossary.html", "solutions/04b_instruction_tuning.html", "book/instructors.html"):
         assert CHINESE.search((built_book / translation.LANGUAGE / page).read_text(encoding="utf-8")), page
+    # exercises' titles and folded code cells' toggles are Chinese too
+    assert "（回顾）为什么要遮住未来？" in chinese
+    lab = (built_book / translation.LANGUAGE / "solutions" / "02_attention.html").read_text(encoding="utf-8")
+    assert "显示代码" in lab and "Show code cell" not in lab
 
 
 def test_glossary_is_linked_from_both_editions(built_book):

@@ -89,7 +89,8 @@ def mistakes_recognised(exercise: str) -> list[str]:
             return text(node.left) + text(node.right)
         return "…"
 
-    seen, queue, messages = set(), list(checked_by), []
+    # In source order (queue.pop() takes the last): a set's order changes from one Python process to the next.
+    seen, queue, messages = set(), sorted(checked_by, key=lambda name: functions[name].lineno, reverse=True), []
     while queue:
         name = queue.pop()
         if name in seen or name not in functions:

@@ -136,6 +136,8 @@ def _localize_page(app, pagename, templatename, context, doctree) -> None:
         local = context["pathto"](f"_static/{BADGE_FILE}", 1)
         context["body"] = body.replace(f'src="{COLAB_BADGE_IMAGE}"', f'src="{local}"')
     _language_switch(app, pagename, context)
+    if (app.config.language or "").startswith("zh") and context.get("body"):
+        context["body"] = _chinese_code_prompts(context["body"])
     if pagename.startswith("book/"):
         # A chapter is a MyST Markdown file, which Colab cannot open: no Colab button there.
         for group in context.get("header_buttons") or []:
@@ -173,6 +175,17 @@ def _language_switch(app, pagename, context) -> None:
     context["metatags"] = context.get("metatags", "") + f'\n<link rel="alternate" hreflang="{language}" href="{href}" />'
 
 
+# myst-nb words the toggles of folded code cells itself, in English, outside any catalogue: the Chinese
+# edition gets them in Chinese here.
+_CODE_PROMPT = re.compile(r'(<p class="(?:collapsed|expanded) admonition-title">)(Show|Hide) code cell (source|content|outputs?)(</p>)')
+_CODE_PROMPT_ZH = {"Show": "显示", "Hide": "隐藏", "source": "代码", "content": "代码单元", "output": "输出", "outputs": "输出"}
+
+
+def _chinese_code_prompts(body: str) -> str:
+    body = _CODE_PROMPT.sub(lambda m: m.group(1) + _CODE_PROMPT_ZH[m.group(2)] + _CODE_PROMPT_ZH[m.group(3)] + m.group(4), body)
+    return body.replace('aria-label="Toggle hidden content"', 'aria-label="展开或收起隐藏的内容"')
+
+
 def _copy_assets(app, exception) -> None:
     if exception is not None or app.builder.format != "html":
         return
@@ -191,9 +204,12 @@ def _student_edition_source(app, docname, source) -> None:
 
 
 def setup(app):
-    from llmlab.course.translation import let_translations_paste_glue
+    from llmlab.course.translation import exercise_title_transforms, let_translations_paste_glue
 
     let_translations_paste_glue()  # the Chinese edition's paragraphs show the numbers their chapter computed
+    give_titles_a_source, show_titles_to_gettext = exercise_title_transforms()  # and its exercises have Chinese titles
+    app.add_transform(give_titles_a_source)
+    app.add_post_transform(show_titles_to_gettext)
     app.add_config_value("llmlab_edition", "full", "env")  # "student": see write_student_edition_config
     # The other language's edition, linked from the top of every page: "zh_CN" from the English, "en" from the Chinese.
     app.add_config_value("llmlab_other_edition", "", "html")

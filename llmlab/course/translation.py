@@ -102,7 +102,7 @@ def build_chinese_edition(build: Path) -> tuple[Path, str]:
     work = build / "_build" / f"{LANGUAGE}-build"
     config, toc = write_chinese_config(work / "config", cache)
     result = _jupyter_book(["build", str(ROOT), "--config", str(config), "--toc", str(toc),
-                            "--path-output", str(work), "-W", "-n", "--keep-going"])
+                            "--path-output", str(work), "--all", "-W", "-n", "--keep-going"])
     log = result.stdout + result.stderr
     if result.returncode != 0:
         raise RuntimeError(f"the Chinese edition did not build:\n{log[-6000:]}")
@@ -171,6 +171,47 @@ def let_translations_paste_glue() -> None:
 
     retrieve_glue_data._llmlab = True
     utils.retrieve_glue_data = roles.retrieve_glue_data = retrieve_glue_data
+
+
+def exercise_title_transforms() -> tuple[type, type]:
+    """Two Sphinx transforms that make the titles of exercises (``:::{exercise} (core) Perplexity by hand``)
+    messages of their page, so that the Chinese edition translates them.
+
+    sphinx-exercise builds an exercise's subtitle without a source position, and Sphinx only extracts and
+    translates text whose source it knows. The first transform runs before Sphinx's own translation
+    (priority 20) and gives each subtitle its page and its text, which is its source as written (the
+    course's exercise titles are plain words: tests/test_translation.py checks it). sphinx-exercise later
+    rebuilds every exercise's title, before the ``gettext`` builder extracts the messages; for that builder
+    only, the second transform first adds a copy of each subtitle where the extraction finds it.
+    """
+    from docutils import nodes
+    from sphinx.transforms import SphinxTransform
+    from sphinx.transforms.post_transforms import SphinxPostTransform
+    from sphinx_exercise.nodes import exercise_subtitle
+
+    class ExerciseTitlesAreMessages(SphinxTransform):
+        default_priority = 5
+
+        def apply(self, **kwargs) -> None:
+            for subtitle in self.document.findall(exercise_subtitle):
+                if not subtitle.source:
+                    subtitle.source = self.document["source"]
+                    subtitle.line = subtitle.parent.line or 1
+                    subtitle.rawsource = subtitle.astext()
+
+    class ExerciseTitlesForExtraction(SphinxPostTransform):
+        default_priority = 19  # sphinx-exercise rebuilds the titles at 20
+        builders = ("gettext",)
+
+        def run(self, **kwargs) -> None:
+            for subtitle in list(self.document.findall(exercise_subtitle)):
+                if subtitle.source:
+                    copy = nodes.paragraph(subtitle.rawsource, subtitle.astext())
+                    copy.source, copy.line = subtitle.source, subtitle.line
+                    copy.uid = getattr(subtitle, "uid", "")  # the gettext builder skips a node without one
+                    self.document += copy
+
+    return ExerciseTitlesAreMessages, ExerciseTitlesForExtraction
 
 
 # ---------------------------------------------------------------- catalogues
