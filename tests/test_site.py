@@ -138,13 +138,16 @@ def test_main_is_built_and_deployed_to_github_pages():
 
 
 @pytest.fixture(scope="module")
-def student_site(tmp_path_factory) -> Path:
-    """The student edition, built as `make student-book` builds it."""
+def student_site(tmp_path_factory, site) -> Path:
+    """The student edition, built as `make student-book` builds it, except that the chapters' outputs come from
+    the full edition's build instead of running a second time (same code, same outputs)."""
     import subprocess
     import sys
 
+    from llmlab.course.translation import english_cache
+
     folder = tmp_path_factory.mktemp("student")
-    config, toc = course_site.write_student_edition_config(folder / "config")
+    config, toc = course_site.write_student_edition_config(folder / "config", cache=english_cache(site.parent.parent))
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
     result = subprocess.run([str(jupyter_book), "build", str(ROOT), "--config", str(config), "--toc", str(toc),
                              "--path-output", str(folder), "-W", "-n", "--keep-going"], capture_output=True, text=True, timeout=900)

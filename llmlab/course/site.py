@@ -337,12 +337,14 @@ def broken_links(site: Path) -> list[str]:
 # ---------------------------------------------------------------- the student edition
 
 
-def write_student_edition_config(folder: Path) -> tuple[Path, Path]:
+def write_student_edition_config(folder: Path, cache: Path | None = None) -> tuple[Path, Path]:
     """Write the ``_config.yml`` and ``_toc.yml`` of the edition an instructor gives students into ``folder``.
 
     Derived from the full edition's files, so the two never drift apart: lab pages come from
     ``labs/`` (no solutions, no outputs) instead of ``solutions/``, the end-of-chapter solutions are
-    hidden (sphinx-exercise's ``hide_solutions``) and the instructors' page is left out.
+    hidden (sphinx-exercise's ``hide_solutions``) and the instructors' page is left out. ``cache``: a
+    full edition's jupyter-cache, whose executed chapters the student edition then reuses (a chapter whose
+    code differs still runs).
     """
     import yaml
 
@@ -365,6 +367,8 @@ def write_student_edition_config(folder: Path) -> tuple[Path, Path]:
     toc["parts"] = parts
 
     config["title"] = f"{config['title']} (student edition)"
+    if cache is not None:
+        config["execute"]["cache"] = str(Path(cache).resolve())
     sphinx_config = config["sphinx"]["config"]
     sphinx_config["hide_solutions"] = True
     sphinx_config["llmlab_edition"] = "student"
