@@ -184,6 +184,7 @@ def test_chinese_pages_are_chinese_with_the_same_code_outputs(built_book):
     chinese = (built_book / translation.LANGUAGE / "book" / "02_attention.html").read_text(encoding="utf-8")
     assert '<html lang="zh-CN"' in chinese or "<html lang='zh-CN'" in chinese
     assert "注意力" in chinese and "多头注意力" in chinese
+    assert "章节与实验" in chinese and "Chapters and labs" not in chinese, "the sidebar's captions are not translated"
     text = " ".join(re.sub(r"<[^>]+>", "", chinese).split())
     assert len(CHINESE.findall(text)) > 3000, "the Chinese page is mostly English"
     # The glued numbers come from the same executed code: every number shown in the English prose's
