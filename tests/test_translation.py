@@ -22,8 +22,9 @@ def templates(built_book, tmp_path_factory) -> Path:
     return translation.extract_messages(built_book.parent.parent, tmp_path_factory.mktemp("gettext") / "pot")
 
 
-def _copy_catalogues(tmp_path: Path) -> Path:
-    copy = tmp_path / "LC_MESSAGES"
+def _copy_catalogues(folder: Path) -> Path:
+    """A copy of the Chinese catalogues in ``folder/LC_MESSAGES`` (sphinx-intl's layout under a language's folder)."""
+    copy = folder / "LC_MESSAGES"
     shutil.copytree(translation.CATALOGUES, copy, ignore=shutil.ignore_patterns("*.mo"))
     return copy
 
@@ -62,9 +63,8 @@ def test_a_changed_english_sentence_is_caught(templates, tmp_path):
 
     # The usual way back: `make translations` merges the new text, which becomes fuzzy until someone translates it.
     locale = tmp_path / "locales"
-    shutil.copytree(translation.CATALOGUES, locale / translation.LANGUAGE / "LC_MESSAGES", ignore=shutil.ignore_patterns("*.mo"))
+    catalogues = _copy_catalogues(locale / translation.LANGUAGE)
     translation.update_catalogues(pot_copy, locale)
-    catalogues = locale / translation.LANGUAGE / "LC_MESSAGES"
     problems = translation.untranslated(pot_copy, catalogues)
     assert len(problems) == 1 and ("fuzzy" in problems[0] or "untranslated" in problems[0]), problems
 

@@ -254,6 +254,11 @@ def messages(catalogues: Path = CATALOGUES) -> list[Message]:
     return found
 
 
+def _shown(msgid: str) -> str:
+    """How a report names a message: the start of its first line."""
+    return msgid.strip().splitlines()[0][:90] if msgid.strip() else repr(msgid)
+
+
 def untranslated(pot_dir: Path, catalogues: Path = CATALOGUES) -> list[str]:
     """One line per English message without a current translation: absent from the page's catalogue, empty,
     or fuzzy (its English changed since it was translated); and per page without a catalogue."""
@@ -266,7 +271,7 @@ def untranslated(pot_dir: Path, catalogues: Path = CATALOGUES) -> list[str]:
             if not entry.id:
                 continue
             message = translated.get((page, entry.id))
-            first_line = entry.id.strip().splitlines()[0][:90] if entry.id.strip() else repr(entry.id)
+            first_line = _shown(entry.id)
             if message is None:
                 problems.append(f"{page}: not in the catalogue: {first_line!r}")
             elif message.fuzzy:
@@ -394,7 +399,7 @@ def glossary_misuse(catalogues: Path = CATALOGUES, terms: list[Term] | None = No
             continue
         chinese = _squeeze(_plain(message.msgstr))
         english = _plain(message.msgid)
-        first_line = message.msgid.strip().splitlines()[0][:70]
+        first_line = _shown(message.msgid)
         for term in terms:
             for avoided in term.avoided:
                 if _squeeze(avoided) in chinese:
@@ -438,7 +443,7 @@ def markup_mismatches(catalogues: Path = CATALOGUES, pages: list[str] | None = N
             missing = [piece for piece in english if piece not in chinese]
             extra = [piece for piece in chinese if piece not in english]
             problems.append(f"{message.page}: markup differs (missing {missing}, added {extra}): "
-                            f"{message.msgid.strip().splitlines()[0][:70]!r}")
+                            f"{_shown(message.msgid)!r}")
     return problems
 
 
@@ -448,7 +453,7 @@ def catalogue_problems(pages: list[str] | None = None, catalogues: Path = CATALO
     for message in messages(catalogues):
         if pages and message.page not in pages:
             continue
-        first_line = message.msgid.strip().splitlines()[0][:70] if message.msgid.strip() else repr(message.msgid)
+        first_line = _shown(message.msgid)
         if message.fuzzy:
             problems.append(f"{message.page}: fuzzy: {first_line!r}")
         elif not message.msgstr.strip():
