@@ -3,8 +3,9 @@
 Each module grows out of a chapter, and each concept lives in one module that every lab imports:
 
 - where and how big a lab runs: ``presets`` (every lab's settings), ``runtime`` (device,
-  precision, seeds, the machine a number was measured on), ``data`` (the course datasets),
-  ``progress``, ``plots``;
+  precision, seeds, the machine a number was measured on), ``memory_records`` (the GPU memory
+  each lab needs, as recorded) and ``memory`` (which measures it), ``data`` (the course
+  datasets), ``progress``, ``plots``;
 - Chapter 1: ``tokenization`` (every tokenizer), ``embeddings`` (sentence vectors and
   nearest neighbours), ``first_models`` (bigram and MLP language models), ``lm`` (the
   character-level corpus, batches, loss and validation loss), ``metrics``, ``costs``;

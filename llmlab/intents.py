@@ -252,7 +252,9 @@ def choose_head_C(embeddings, labels, n_intents: int, candidates=(1.0, 5.0, 20.0
 # --- fine-tuning and LoRA: a plain training loop ---------------------------------------------
 
 
-def _lora_encoder(encoder: nn.Module, settings: dict) -> nn.Module:
+def lora_encoder(encoder: nn.Module, settings: dict) -> nn.Module:
+    """``encoder`` with peft's LoRA adapters (``lora_r``, ``lora_alpha``, ``lora_dropout`` of ``settings``) on the
+    ``lora_targets`` of its transformer layers, every other weight frozen."""
     from peft import LoraConfig, get_peft_model
 
     # only the transformer layers: a bare "dense" would also catch the pooler, which mean pooling never uses
@@ -264,7 +266,7 @@ def _lora_encoder(encoder: nn.Module, settings: dict) -> nn.Module:
         return get_peft_model(encoder, config)
 
 
-def _freeze_lower_layers(encoder: nn.Module, train_layers: int | None) -> None:
+def freeze_lower_layers(encoder: nn.Module, train_layers: int | None) -> None:
     """Train only the top ``train_layers`` transformer layers (None: all of them, embeddings included)."""
     if train_layers is None:
         return
@@ -372,9 +374,9 @@ def train_intent_classifier(texts: list[str], labels, intents: list[str], recipe
         seed_everything(chosen["seed"])
         tokenizer, encoder = load_minilm(device, verbose=False)
         if recipe == "lora":
-            encoder = _lora_encoder(encoder, chosen)
+            encoder = lora_encoder(encoder, chosen)
         else:
-            _freeze_lower_layers(encoder, chosen["train_layers"])
+            freeze_lower_layers(encoder, chosen["train_layers"])
         model = EncoderClassifier(encoder, len(intents), normalize=False, dropout=chosen["dropout"]).to(device)
         trainable = count_parameters(model, trainable_only=True)
         _fine_tune(model, tokenizer, texts, labels, chosen, device, description=f"{recipe} training",

@@ -40,9 +40,10 @@ Lab 2's own attention keeps: 2 bytes per weight here against 6 on a T4 (fp32 wei
 copy the next product makes), a few tens of MB at that lab's shapes.
 
 Each lab's parts are listed by one function in ``ESTIMATORS``; a new lab is one more entry there, and one in
-``RECORDED_MIB``: ``llmlab.runtime.start_lab`` prints a lab's largest part at the gpu preset from that table
-(``gpu_memory_line``) rather than measuring when the lab starts, and ``tests/test_gpu_paths.py`` measures every lab
-again and fails when a recorded number is off. ``python -m llmlab.memory`` prints the entries to record.
+``llmlab.memory_records.RECORDED_MIB``: ``llmlab.runtime.start_lab`` prints a lab's largest part at the gpu preset from
+that table (``llmlab.memory_records.gpu_memory_line``) rather than measuring when the lab starts, and
+``tests/test_gpu_paths.py`` measures every lab again and fails when a recorded number is off. ``python -m llmlab.memory``
+prints the entries to record.
 """
 
 from __future__ import annotations
@@ -52,58 +53,18 @@ import functools
 import itertools
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from llmlab.memory_records import RECORDED_WITH, MemoryEstimate, recorded_entry, size_text
 from llmlab.presets import lab_settings
 
-GIB = 2**30
-MIB = 2**20
-T4_MEMORY = "16 GB"  # NVIDIA T4 datasheet: 16 GB GDDR6
 T4_AUTOCAST = torch.float16  # what pick_precision chooses on a T4 (compute capability 7.5: no fast bf16)
 FLOAT32_BYTES = 4
 ADAMW_STATES = 2  # exp_avg and exp_avg_sq, float32 each
-
-
-def _size(nbytes: int) -> str:
-    return f"{nbytes / GIB:.1f} GiB" if nbytes >= GIB / 2 else f"{nbytes / MIB:.0f} MiB"
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """GPU memory of one part of a lab at the gpu preset, in bytes, by what holds it."""
-
-    lab: str
-    part: str  # what runs, e.g. "pretraining the GPT, batch 64 × 256"
-    precision: str  # "fp16 autocast" or "fp32"
-    weights: int
-    gradients: int = 0
-    optimizer: int = 0
-    activations: int = 0
-    kv_cache: int = 0
-    notes: tuple[str, ...] = ()
-
-    @property
-    def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.kv_cache
-
-    @property
-    def total_gib(self) -> float:
-        return self.total / GIB
-
-    def line(self) -> str:
-        """One line for a lab's output, e.g. "gpu preset on a T4: ~1.9 GiB (weights 41 MiB, …) of 16 GB; …"."""
-        parts = [f"weights {_size(self.weights)}"]
-        if self.gradients or self.optimizer:
-            parts += [f"gradients {_size(self.gradients)}", f"AdamW {_size(self.optimizer)}"]
-        parts.append(f"activations {_size(self.activations)}")
-        if self.kv_cache:
-            parts.append(f"KV cache {_size(self.kv_cache)}")
-        return (f"gpu preset on a T4: ~{self.total_gib:.1f} GiB ({', '.join(parts)}; {self.precision}) of {T4_MEMORY}, "
-                f"estimated for the part that needs the most: {self.part}")
 
 
 # --- measuring ----------------------------------------------------------------------------------
@@ -292,15 +253,15 @@ def _minilm_embeddings(lab: str) -> MemoryEstimate:
 def _intent_training(lab: str, recipe: str, preset_settings: dict) -> MemoryEstimate:
     """Lab 4's fine-tuning or LoRA run, built by the same functions as ``llmlab.intents.train_intent_classifier``."""
     from llmlab.data import banking77_intents
-    from llmlab.intents import DEFAULT_SETTINGS, EncoderClassifier, _freeze_lower_layers, _lora_encoder
+    from llmlab.intents import DEFAULT_SETTINGS, EncoderClassifier, freeze_lower_layers, lora_encoder
     from llmlab.metrics import token_cross_entropy
 
     settings = DEFAULT_SETTINGS[recipe] | preset_settings
     encoder = _minilm_encoder()
     if recipe == "lora":
-        encoder = _lora_encoder(encoder, settings)
+        encoder = lora_encoder(encoder, settings)
     else:
-        _freeze_lower_layers(encoder, settings["train_layers"])
+        freeze_lower_layers(encoder, settings["train_layers"])
     n_intents = len(banking77_intents())
     model = EncoderClassifier(encoder, n_intents, normalize=False, dropout=settings["dropout"])
     name = {"finetune": "fine-tuning MiniLM", "lora": "LoRA on MiniLM"}[recipe]
@@ -531,7 +492,7 @@ def _qwen_training(lab: str, part: str, model: torch.nn.Module, lora: dict | Non
         saved = extrapolate_to_layers(lambda n: extrapolate_to_batch(lambda b: measured(n, b), micro_batch), layers)
     loss_backward = LOSS_BACKWARD_BYTES_PER_LOGIT * micro_batch * sequences_per_example * length * QWEN25_05B["vocab_size"]
     notes = (f"weights: the trained model and {resident_copies} other float32 copies that the notebook keeps on the GPU",
-             f"activations: saved tensors {_size(saved)} + the loss's backward {_size(loss_backward)}")
+             f"activations: saved tensors {size_text(saved)} + the loss's backward {size_text(loss_backward)}")
     return MemoryEstimate(lab, part, "fp16 autocast", weights + resident_copies * base_weights,
                           gradients=FLOAT32_BYTES * trainable, optimizer=ADAMW_STATES * FLOAT32_BYTES * trainable,
                           activations=saved + loss_backward, notes=notes)
@@ -610,66 +571,9 @@ def gpu_memory_estimate(lab: str) -> MemoryEstimate:
 
 
 
-# --- what a lab prints: the estimates measured above, recorded --------------------------------------------
-
-# gpu_memory_estimate(lab) as measured by the code above, in MiB, so that start_lab can print it at once (measuring
-# takes seconds to tens of seconds of CPU time). tests/test_gpu_paths.py measures every lab again and fails when a
-# number here is off by more than RECORDED_TOLERANCE; `python -m llmlab.memory` prints the entries to paste here.
-RECORDED_MIB: dict[str, dict] = {
-    "01_what_is_an_llm": {"part": "MiniLM embeddings, batch 128 × 128 tokens", "precision": "fp32",
-                          "weights": 87, "gradients": 0, "optimizer": 0, "activations": 264, "kv_cache": 0},
-    "02_attention": {"part": "timing your attention at n = 8192 (4 heads)", "precision": "fp32",
-                     "weights": 0, "gradients": 0, "optimizer": 0, "activations": 2200, "kv_cache": 0},
-    "03_pretraining": {"part": "checking your training step in fp32, batch 64 × 256", "precision": "fp32",
-                       "weights": 41, "gradients": 41, "optimizer": 81, "activations": 3105, "kv_cache": 0},
-    "04_fine_tuning": {"part": "fine-tuning MiniLM, batch 32 × 64 tokens", "precision": "fp16 autocast",
-                       "weights": 87, "gradients": 87, "optimizer": 174, "activations": 360, "kv_cache": 0},
-    "04b_instruction_tuning": {"part": "full SFT of Qwen2.5-0.5B, batch 16 × 384 tokens, 1 per pass, gradient checkpointing "
-                                       "(base model on the GPU too)", "precision": "fp16 autocast",
-                               "weights": 3769, "gradients": 1885, "optimizer": 3769, "activations": 1014, "kv_cache": 0},
-    "05_inference": {"part": "pretraining the GPT, batch 64 × 256 (Lab 3's run, when its checkpoint is missing)",
-                     "precision": "fp16 autocast",
-                     "weights": 41, "gradients": 41, "optimizer": 81, "activations": 1745, "kv_cache": 0},
-    "06_business": {"part": "MiniLM embeddings, batch 128 × 128 tokens", "precision": "fp32",
-                    "weights": 87, "gradients": 0, "optimizer": 0, "activations": 264, "kv_cache": 0},
-}
-
-# Labs that have a gpu preset but no estimate, and why; start_lab says so instead of printing a number.
-# (Lab 4b's Qwen2.5-0.5B is built from its published configuration with random weights: no download.)
-NOT_ESTIMATED: dict[str, str] = {}
-
-RECORDED_TOLERANCE = 0.05  # relative, per component; at least 2 MiB
-# The versions RECORDED_MIB was measured with: requirements.txt's. Others save other tensors (transformers 4.45's
-# MiniLM, under torch 2.3, saves 279 MiB where this records 360), so the comparison runs with these only.
-RECORDED_WITH = {"torch": "2.13.0", "transformers": "5.24.0"}
-
-
-def _recorded_entry(estimate: MemoryEstimate) -> dict:
-    mib = {key: round(getattr(estimate, key) / MIB) for key in ("weights", "gradients", "optimizer", "activations", "kv_cache")}
-    return {"part": estimate.part, "precision": estimate.precision, **mib}
-
-
-def recorded_gpu_memory_estimate(lab: str) -> MemoryEstimate:
-    """The recorded :func:`gpu_memory_estimate` of ``lab`` (no measuring); a KeyError naming the labs that have one."""
-    if lab in NOT_ESTIMATED:
-        raise KeyError(f"no GPU memory estimate for lab {lab!r}: {NOT_ESTIMATED[lab]}")
-    if lab not in RECORDED_MIB:
-        raise KeyError(f"no recorded GPU memory estimate for lab {lab!r}; recorded: {', '.join(sorted(RECORDED_MIB))} "
-                       "(run `python -m llmlab.memory` and add its entry to llmlab.memory.RECORDED_MIB)")
-    entry = dict(RECORDED_MIB[lab])
-    part, precision = entry.pop("part"), entry.pop("precision")
-    return MemoryEstimate(lab, part, precision, **{key: value * MIB for key, value in entry.items()})
-
-
-def gpu_memory_line(lab: str) -> str:
-    """What ``start_lab`` prints at the gpu preset: the recorded estimate, or why there is none."""
-    if lab in NOT_ESTIMATED:
-        return f"gpu preset on a T4: not estimated for this lab ({NOT_ESTIMATED[lab]})"
-    return recorded_gpu_memory_estimate(lab).line()
-
-
 def main() -> None:
-    """Measure every lab in ESTIMATORS and print RECORDED_MIB's entries, every part of each lab, and the seconds it took."""
+    """Measure every lab in ESTIMATORS and print its entry for ``llmlab.memory_records.RECORDED_MIB``, every part of
+    each lab, and the seconds it took."""
     import importlib.metadata
     import time
 
@@ -681,7 +585,7 @@ def main() -> None:
         started = time.perf_counter()
         estimates = gpu_memory_estimates(lab)
         seconds = time.perf_counter() - started
-        print(f"    {lab!r}: {_recorded_entry(gpu_memory_estimate(lab))!r},")
+        print(f"    {lab!r}: {recorded_entry(gpu_memory_estimate(lab))!r},")
         report.append(f"{lab} ({seconds:.1f} s to measure):")
         report += [f"  {estimate.total_gib:5.2f} GiB  {estimate.part}" for estimate in estimates]
     print("}")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llmlab.memory_records import gpu_memory_line
 from llmlab.presets import check_preset, lab_settings
 
 
@@ -178,9 +179,7 @@ def start_lab(lab: str, seed: int = 0) -> tuple[dict, LabRun]:
     print(f"versions: {versions}")
     print("settings:", ", ".join(f"{k}={v}" for k, v in config.items()))
     if name == "gpu":
-        from llmlab.memory import gpu_memory_line  # recorded numbers: nothing is measured here
-
-        print("memory:", gpu_memory_line(lab))
+        print("memory:", gpu_memory_line(lab))  # recorded numbers: nothing is measured here
     return config, run
 
 

@@ -1,4 +1,11 @@
-"""Fixtures shared by the test files: the book, built once per test session."""
+"""Fixtures shared by the test files, and how the suite spreads over the machine's cores.
+
+``make test`` runs pytest with pytest-xdist, one worker per core (``-n auto`` in pyproject.toml).
+Tests that share an expensive fixture run in one worker, so that nothing is built twice:
+the test files that read the built site form the group ``site``; a notebook's cells (nbval)
+stay together in one kernel; the other tests are grouped by file, so a module's fixtures run
+once. The longest groups are sent out first, so that no core idles at the end.
+"""
 
 from __future__ import annotations
 
@@ -14,24 +21,61 @@ from llmlab.course import site as course_site
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The test files that read the built site: one group, so the book is built once and no worker waits for another's build.
+SITE_FILES = ("test_book.py", "test_site.py", "test_translation.py", "test_browser.py")
+# The groups that take longest (measured: `make test` prints the slowest tests), handed out first.
+LONGEST_FIRST = ("site", "test_grading.py", "test_gpu_paths.py")
+
 
 def pytest_configure(config):
     # The labs resume long runs from their checkpoints. The smoke runs of the tests write theirs to a
-    # fresh folder, so a test never picks up a run that an earlier session (or older code) left behind.
-    if not os.environ.get("LLMLAB_RUNS"):
-        os.environ["LLMLAB_RUNS"] = tempfile.mkdtemp(prefix="llmlab-test-runs-")
+    # fresh folder, so a test never picks up a run that an earlier session (or older code) left behind;
+    # each xdist worker has a folder of its own, so two notebooks running side by side never share one.
+    base = os.environ.get("LLMLAB_RUNS") or tempfile.mkdtemp(prefix="llmlab-test-runs-")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        base = os.path.join(base, worker)
+        os.makedirs(base, exist_ok=True)
+        # Each worker (and the kernels and builds it starts) gets its share of the cores: two workers with two
+        # threads each on two cores run slower than with one each.
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(variable, threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    os.environ["LLMLAB_RUNS"] = base
 
 
-@pytest.fixture(scope="session")
-def built_book(tmp_path_factory) -> Path:
-    """The built website's folder, both editions: ``LLMLAB_SITE`` when set (a site built already, as ``make
-    browser-test`` passes), else a build made here once for the whole session, which must finish with zero warnings."""
-    if os.environ.get("LLMLAB_SITE"):
-        html = Path(os.environ["LLMLAB_SITE"]).resolve()
-        assert (html / "index.html").is_file() and (html / "_static" / course_site.MATHJAX_PATH).is_file(), \
-            f"LLMLAB_SITE={html} is not a complete build: run `make book` first"
-        return html
-    output = tmp_path_factory.mktemp("book")
+def group_of(nodeid: str) -> str:
+    """The group a test runs in: ``site`` for the files that read the built book, else its file (a notebook's cells
+    share one kernel; a module's fixtures run once)."""
+    path = nodeid.split("::", 1)[0]
+    return "site" if path.rsplit("/", 1)[-1] in SITE_FILES else path
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scheduling by scope, with the scopes of :func:`group_of`. (Its own ``--dist loadgroup`` marks tests by
+    rewriting their node ids, which pytest 9 no longer allows, so the groups are made here from the ids instead.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return ByGroup(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        group = group_of(item.nodeid).rsplit("/", 1)[-1]
+        return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: within a rank the order stays as collected
+
+
+def _build_book(output: Path) -> Path:
+    """Both editions built into ``output`` with zero warnings; returns the site's folder."""
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
     result = subprocess.run(
         [str(jupyter_book), "build", str(ROOT), "--path-output", str(output), "-W", "-n", "--keep-going"],
@@ -46,3 +90,28 @@ def built_book(tmp_path_factory) -> Path:
     _, log = translation.build_chinese_edition(output)
     assert "WARNING:" not in log, f"the Chinese edition's build printed warnings:\n{log[-6000:]}"
     return output / "_build" / "html"
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory) -> Path:
+    """The built website's folder, both editions: ``LLMLAB_SITE`` when set (a site built already, as ``make
+    browser-test`` passes), else one build for the whole run, which must finish with zero warnings.
+
+    The tests that read the site run in one xdist worker (the group ``site``). Should they ever be spread over
+    several, a lock in the run's shared temporary folder still lets only the first build and the others reuse it."""
+    if os.environ.get("LLMLAB_SITE"):
+        html = Path(os.environ["LLMLAB_SITE"]).resolve()
+        assert (html / "index.html").is_file() and (html / "_static" / course_site.MATHJAX_PATH).is_file(), \
+            f"LLMLAB_SITE={html} is not a complete build: run `make book` first"
+        return html
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the folder all workers of this run share
+    output, done = shared / "book", shared / "book.built"
+    with FileLock(str(shared / "book.lock")):
+        if not done.is_file():
+            html = _build_book(output)
+            done.write_text(str(html))
+    return Path(done.read_text())

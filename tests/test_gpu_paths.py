@@ -4,7 +4,7 @@
   sequence lengths, batch sizes): a shape or configuration error in a preset nobody has run fails here.
   Only the number of steps (one each for the sizes of Lab 3's isoFLOP study) and the data are cut.
 - Each lab's GPU memory estimate (``llmlab.memory``) at the gpu preset is at most 12 GiB of a T4's 16 GB, is the
-  number ``start_lab`` prints, and the measurements behind it agree with hand counts.
+  number ``start_lab`` prints (``llmlab.memory_records``), and the measurements behind it agree with hand counts.
 - The fp16 autocast + GradScaler path of the training loop runs on the CPU, and an fp16 overflow makes the
   scaler skip the step (weights unchanged, scale halved) instead of stopping the run.
 - ``make gpu-check`` (``llmlab.course.gpu_check``) stops at once without CUDA, reads a kernel's peak memory and
@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from llmlab import memory
+from llmlab import memory, memory_records
 from llmlab.course import gpu_check, notebooks
 from llmlab.data import banking77, banking77_intents
 from llmlab.first_models import BigramLM, MLPLM
@@ -41,7 +41,7 @@ from llmlab.training import next_token_loss, train
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
 FP16 = Precision(torch.float16, True)  # what pick_precision gives a T4
-T4_LIMIT = 12 * memory.GIB  # of a T4's 16 GB: the rest for the CUDA context, workspaces and the allocator's rounding
+T4_LIMIT = 12 * memory_records.GIB  # of a T4's 16 GB: the rest for the CUDA context, workspaces and the allocator's rounding
 
 # Labs whose gpu preset trains nothing that the tests below do not already run, and why.
 NO_GPU_TRAINING_OF_THEIR_OWN = {
@@ -194,13 +194,13 @@ def test_lab04b_gpu_sft_and_dpo_paths(tmp_path):
 
 
 def test_every_lab_has_an_estimate_or_a_reason():
-    assert set(memory.ESTIMATORS).isdisjoint(memory.NOT_ESTIMATED)
-    assert set(memory.ESTIMATORS) | set(memory.NOT_ESTIMATED) == set(LAB_PRESETS)
-    assert set(memory.RECORDED_MIB) == set(memory.ESTIMATORS)
+    assert set(memory.ESTIMATORS).isdisjoint(memory_records.NOT_ESTIMATED)
+    assert set(memory.ESTIMATORS) | set(memory_records.NOT_ESTIMATED) == set(LAB_PRESETS)
+    assert set(memory_records.RECORDED_MIB) == set(memory.ESTIMATORS)
     for lab in LAB_PRESETS:  # what start_lab prints at the gpu preset: never a KeyError
-        assert memory.gpu_memory_line(lab).startswith("gpu preset on a T4: ")
+        assert memory_records.gpu_memory_line(lab).startswith("gpu preset on a T4: ")
     with pytest.raises(KeyError, match="'07_missing'"):
-        memory.recorded_gpu_memory_estimate("07_missing")
+        memory_records.recorded_gpu_memory_estimate("07_missing")
     with pytest.raises(KeyError, match="no GPU memory estimate"):
         memory.gpu_memory_estimates("07_missing")
 
@@ -208,15 +208,15 @@ def test_every_lab_has_an_estimate_or_a_reason():
 def installed_versions() -> dict[str, str]:
     import importlib.metadata
 
-    return {name: importlib.metadata.version(name).split("+")[0] for name in memory.RECORDED_WITH}
+    return {name: importlib.metadata.version(name).split("+")[0] for name in memory_records.RECORDED_WITH}
 
 
 def test_the_estimates_were_recorded_with_the_pinned_versions():
     makefile = (ROOT / "Makefile").read_text()
     requirements = (ROOT / "requirements.txt").read_text()
-    assert f"TORCH_SPEC ?= torch=={memory.RECORDED_WITH['torch']}\n" in makefile
-    assert f"\ntransformers=={memory.RECORDED_WITH['transformers']}\n" in requirements, \
-        "new pins: run `python -m llmlab.memory` with them and update RECORDED_MIB and RECORDED_WITH"
+    assert f"TORCH_SPEC ?= torch=={memory_records.RECORDED_WITH['torch']}\n" in makefile
+    assert f"\ntransformers=={memory_records.RECORDED_WITH['transformers']}\n" in requirements, \
+        "new pins: run `python -m llmlab.memory` with them and update RECORDED_MIB and RECORDED_WITH in llmlab/memory_records.py"
 
 
 @pytest.mark.parametrize("lab", sorted(memory.ESTIMATORS))
@@ -225,19 +225,19 @@ def test_gpu_memory_estimate_fits_a_t4(lab):
     assert 0 < estimate.total <= T4_LIMIT, estimate.line()
 
 
-@pytest.mark.skipif(installed_versions() != memory.RECORDED_WITH,
-                    reason=f"llmlab.memory.RECORDED_MIB was measured with {memory.RECORDED_WITH}, here {installed_versions()}: "
-                           "other versions save other tensors")
+@pytest.mark.skipif(installed_versions() != memory_records.RECORDED_WITH,
+                    reason=f"llmlab.memory_records.RECORDED_MIB was measured with {memory_records.RECORDED_WITH}, "
+                           f"here {installed_versions()}: other versions save other tensors")
 @pytest.mark.parametrize("lab", sorted(memory.ESTIMATORS))
 def test_the_recorded_estimate_is_what_the_code_measures(lab):
     estimate = memory.gpu_memory_estimate(lab)
-    recorded = memory.recorded_gpu_memory_estimate(lab)
-    entry = memory._recorded_entry(estimate)
-    message = f"llmlab.memory.RECORDED_MIB[{lab!r}] is out of date; the code measures {entry!r}"
+    recorded = memory_records.recorded_gpu_memory_estimate(lab)
+    entry = memory_records.recorded_entry(estimate)
+    message = f"llmlab.memory_records.RECORDED_MIB[{lab!r}] is out of date; the code measures {entry!r}"
     assert (recorded.part, recorded.precision) == (estimate.part, estimate.precision), message
     for key in ("weights", "gradients", "optimizer", "activations", "kv_cache"):
         measured, kept = getattr(estimate, key), getattr(recorded, key)
-        assert abs(measured - kept) <= max(2 * memory.MIB, memory.RECORDED_TOLERANCE * measured), message
+        assert abs(measured - kept) <= max(2 * memory_records.MIB, memory_records.RECORDED_TOLERANCE * measured), message
 
 
 def test_lab3_weights_match_a_hand_count():
@@ -351,7 +351,7 @@ def test_start_lab_prints_the_estimate_at_the_gpu_preset(monkeypatch, capsys):
     monkeypatch.setenv("LLMLAB_PRESET", "gpu")
     start_lab("03_pretraining")
     printed = capsys.readouterr().out
-    assert f"memory: {memory.gpu_memory_line('03_pretraining')}\n" in printed
+    assert f"memory: {memory_records.gpu_memory_line('03_pretraining')}\n" in printed
     assert "~3.2 GiB" in printed
     monkeypatch.setenv("LLMLAB_PRESET", "smoke")
     start_lab("03_pretraining")
@@ -436,7 +436,8 @@ def test_gpu_check_reads_the_peak_from_the_kernel(tmp_path):
 
 
 def test_gpu_check_table():
-    results = [gpu_check.LabResult("03_pretraining", 600.0, 40, "NVIDIA H100", int(2.5 * memory.GIB), 3 * memory.GIB),
+    gib = memory_records.GIB
+    results = [gpu_check.LabResult("03_pretraining", 600.0, 40, "NVIDIA H100", int(2.5 * gib), 3 * gib),
                gpu_check.LabResult("04b_instruction_tuning", 90.0, 30, None, None, None),
                gpu_check.LabResult("05_inference", error="CellExecutionError: out of memory")]
     table = gpu_check.format_table(results, "cuda: NVIDIA H100", "2.13.0", "2026-01-02", t4_ratio=4)
@@ -444,9 +445,9 @@ def test_gpu_check_table():
     assert lines[0] == "gpu preset, every solution, on cuda: NVIDIA H100; torch 2.13.0; 2026-01-02."
     assert "× 4, a ratio stated by whoever ran the check" in table
     assert "| lab | wall time | T4 time (estimated) | peak allocated | peak reserved | estimate (llmlab.memory) |" in lines
-    estimate = memory.recorded_gpu_memory_estimate("03_pretraining").total_gib
+    estimate = memory_records.recorded_gpu_memory_estimate("03_pretraining").total_gib
     assert f"| 03_pretraining | 10.0 min | 40.0 min | 2.50 GiB | 3.00 GiB | {estimate:.2f} GiB |" in lines
-    lab4b = memory.recorded_gpu_memory_estimate("04b_instruction_tuning").total_gib
+    lab4b = memory_records.recorded_gpu_memory_estimate("04b_instruction_tuning").total_gib
     assert f"| 04b_instruction_tuning | 1.5 min | 6.0 min | CUDA unused | CUDA unused | {lab4b:.2f} GiB |" in lines
     assert "| 05_inference | failed: CellExecutionError: out of memory |  |  |  |  |" in lines
     without_ratio = gpu_check.format_table(results[:1], "cuda: NVIDIA T4", "2.13.0", "2026-01-02")

@@ -5,7 +5,10 @@ Each lab imports its own checks, ``from llmlab.checks import lab02 as checks``, 
 ``[FAIL] 02.1: what exactly is wrong``. ``core`` holds what the checks share. ``check_for("02.1")``
 finds the check of an exercise by the id in the notebook's metadata; ``use_reference("02.1")``
 lets a learner who is stuck run the rest of the lab with the course's implementation, and
-``summary("02")`` lists a lab's exercises with what this session's self-checks said.
+``summary("02")`` lists a lab's exercises with what this session's self-checks said. A lab's
+exercises, with their titles and points, are its module's ``EXERCISES`` (``exercises("02")``):
+plain data that ``tests/test_architecture.py`` keeps equal to the notebook's metadata, so that
+the checks never import ``llmlab.course``.
 """
 
 from __future__ import annotations
@@ -14,21 +17,27 @@ import importlib
 import inspect
 from collections.abc import Callable
 
-from llmlab.checks.core import REFERENCE_USED, lab_summary
+from llmlab.checks.core import install_reference, lab_of, lab_summary
 
 LAB_MODULES = ("lab01", "lab02", "lab03", "lab04", "lab04b", "lab05", "lab06")
 
 
-def lab_of(exercise: str) -> str:
-    """The lab key of an exercise id "<lab>.<k>": "02" for "02.1", "04b" for "04b.3"."""
-    return exercise.split(".", 1)[0]
+def lab_module(lab: str):
+    """The check module of lab ``lab`` ("02": ``llmlab.checks.lab02``)."""
+    if f"lab{lab}" not in LAB_MODULES:
+        raise KeyError(f"no checks for lab {lab!r}; labs with checks: {', '.join(name[3:] for name in LAB_MODULES)}")
+    return importlib.import_module(f"llmlab.checks.lab{lab}")
 
 
 def _checks_module(exercise: str):
-    module_name = f"lab{lab_of(exercise)}"
-    if module_name not in LAB_MODULES:
+    if f"lab{lab_of(exercise)}" not in LAB_MODULES:
         raise KeyError(f"no checks for exercise {exercise!r}; labs with checks: {', '.join(name[3:] for name in LAB_MODULES)}")
-    return importlib.import_module(f"llmlab.checks.{module_name}")
+    return lab_module(lab_of(exercise))
+
+
+def exercises(lab: str) -> dict[str, tuple[str, int]]:
+    """Lab ``lab``'s exercises, {id: (title, points)} in the notebook's order: its check module's ``EXERCISES``."""
+    return lab_module(lab).EXERCISES
 
 
 def check_for(exercise: str) -> Callable:
@@ -46,21 +55,13 @@ def use_reference(exercise: str, namespace: dict | None = None):
     the check), a line says so, and the lab's summary counts the exercise as "reference used".
     ``namespace`` defaults to the caller's globals, i.e. the notebook's.
     """
-    module = _checks_module(exercise)
-    if exercise not in module.REFERENCES:
-        raise KeyError(f"lab {lab_of(exercise)} has no exercise {exercise!r}; its exercises: {', '.join(module.REFERENCES)}")
-    name, reference = module.REFERENCES[exercise]
     target = namespace if namespace is not None else inspect.stack()[1].frame.f_globals
-    target[name] = reference
-    REFERENCE_USED.add(exercise)
-    print(f"[REFERENCE] {exercise}: `{name}` is now the course's implementation ({reference.__module__}.{reference.__qualname__}); "
-          "the lab runs on, and this exercise earns no points")
-    return reference
+    return install_reference(exercise, _checks_module(exercise).REFERENCES, target)
 
 
 def summary(lab: str) -> None:
     """Print the lab's exercises: passed, failed, not attempted or reference used, and the points of this session."""
-    print(lab_summary(lab))
+    print(lab_summary(lab, exercises(lab)))
 
 
 def mistakes_recognised(exercise: str) -> list[str]:

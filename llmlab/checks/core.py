@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import functools
 import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -222,16 +223,18 @@ def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double().cpu() - b.double().cpu()).abs().max().item()
 
 
-def lab_summary(lab: str) -> str:
-    """One line per exercise of lab ``lab`` ("02"): passed, failed, not attempted, or reference used; with points."""
-    from llmlab.course.notebooks import exercises_by_lab
+def lab_of(exercise: str) -> str:
+    """The lab key of an exercise id "<lab>.<k>": "02" for "02.1", "04b" for "04b.3"."""
+    return exercise.split(".", 1)[0]
 
-    exercises = next((found for name, found in exercises_by_lab().items() if name.startswith(f"{lab}_")), None)
-    if exercises is None:
-        raise KeyError(f"no lab {lab!r} in solutions/")
+
+def lab_summary(lab: str, exercises: dict[str, tuple[str, int]]) -> str:
+    """One line per exercise of lab ``lab`` ("02"): passed, failed, not attempted, or reference used; with points.
+
+    ``exercises`` is the lab module's ``EXERCISES``: {id: (title, points)}, in the notebook's order.
+    """
     lines, earned, possible = [], 0, 0
-    for exercise in exercises:
-        exercise_id, points = exercise["id"], int(exercise["points"])
+    for exercise_id, (title, points) in exercises.items():
         result = LATEST_RESULTS.get(exercise_id)
         if exercise_id in REFERENCE_USED:
             status, got = "reference used", 0
@@ -242,26 +245,51 @@ def lab_summary(lab: str) -> str:
         else:
             status, got = "failed", 0
         earned, possible = earned + got, possible + points
-        lines.append(f"  {exercise_id}  {exercise['title']:<40} {status:<15} {got}/{points} points")
+        lines.append(f"  {exercise_id}  {title:<40} {status:<15} {got}/{points} points")
     return "\n".join([f"Lab {lab}: {earned} of {possible} points from the self-checks of this session", *lines])
+
+
+def install_reference(exercise: str, references: dict[str, tuple[str, object]], namespace: dict):
+    """Put the course's implementation of ``exercise`` into ``namespace`` under the exercise's name, and say so.
+
+    ``references`` is the lab module's ``REFERENCES``: {id: (name in the notebook, implementation)}. The lab's
+    summary counts the exercise as "reference used".
+    """
+    if exercise not in references:
+        raise KeyError(f"lab {lab_of(exercise)} has no exercise {exercise!r}; its exercises: {', '.join(references)}")
+    name, reference = references[exercise]
+    namespace[name] = reference
+    REFERENCE_USED.add(exercise)
+    print(f"[REFERENCE] {exercise}: `{name}` is now the course's implementation ({reference.__module__}.{reference.__qualname__}); "
+          "the lab runs on, and this exercise earns no points")
+    return reference
 
 
 def lab_shortcuts(lab: str):
     """``use_reference`` and ``summary`` for one lab's check module, so a notebook calls ``checks.use_reference("02.1")``
-    and ``checks.summary()`` on the module it already imported."""
+    and ``checks.summary()`` on the module it already imported.
+
+    The lab's module calls this at its end; the two functions read its ``REFERENCES`` and ``EXERCISES`` when they
+    are called, from the module itself (loaded by then: it made them), so nothing here imports a lab's module.
+    """
+    module_name = f"{__name__.rsplit('.', 1)[0]}.lab{lab}"
+
+    def lab_module():
+        if module_name not in sys.modules:
+            raise KeyError(f"the shortcuts of lab {lab} belong to {module_name}, which is not loaded")
+        return sys.modules[module_name]
 
     def use_reference(exercise: str, namespace: dict | None = None):
         """Give up on ``exercise`` of this lab: its name in the notebook becomes the course's implementation, and it earns no points."""
         import inspect
 
-        from llmlab.checks import use_reference as install
-
         if not exercise.startswith(f"{lab}."):
             raise KeyError(f"exercise {exercise!r} is not in lab {lab}: its ids start with '{lab}.'")
-        return install(exercise, namespace if namespace is not None else inspect.stack()[1].frame.f_globals)
+        return install_reference(exercise, lab_module().REFERENCES,
+                                 namespace if namespace is not None else inspect.stack()[1].frame.f_globals)
 
     def summary() -> None:
         """This lab's exercises: passed, failed, not attempted or reference used, with the points of this session."""
-        print(lab_summary(lab))
+        print(lab_summary(lab, lab_module().EXERCISES))
 
     return use_reference, summary

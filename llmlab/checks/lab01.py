@@ -172,6 +172,10 @@ def check_perplexity_from_logits(perplexity_of) -> str:
     return f"equals exp(mean cross-entropy) on {len(cases)} batches (vocabularies of 3 to 65)"
 
 
+# The exercises of this lab, id -> (title, points): what solutions/01_what_is_an_llm.ipynb's metadata declares
+# (tests/test_architecture.py keeps the two equal); checks.summary() reads them.
+EXERCISES = {"01.1": ("one BPE merge step", 2), "01.2": ("cosine similarity", 1), "01.3": ("perplexity from logits", 2)}
+
 CHECKS = {"01.1": check_bpe_merge_step, "01.2": check_cosine_similarity, "01.3": check_perplexity_from_logits}
 
 

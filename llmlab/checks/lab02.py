@@ -233,6 +233,11 @@ def check_against_gpt2(attention_cls) -> str:
     return "reproduces the output and the attention weights of a transformers GPT-2 block with copied weights (within 1e-4)"
 
 
+# The exercises of this lab, id -> (title, points): what solutions/02_attention.ipynb's metadata declares
+# (tests/test_architecture.py keeps the two equal); checks.summary() reads them.
+EXERCISES = {"02.1": ("scaled dot-product attention", 2), "02.2": ("causal mask", 1),
+             "02.3": ("rotary position embeddings", 2), "02.4": ("multi-head self-attention", 3)}
+
 CHECKS = {"02.1": check_scaled_dot_product_attention, "02.2": check_causal_mask, "02.3": check_apply_rope,
           "02.4": check_multi_head_attention}
 

@@ -344,6 +344,12 @@ def check_training_step(step) -> str:
             "on a tiny GPT, with the gradient clipped")
 
 
+# The exercises of this lab, id -> (title, points): what solutions/03_pretraining.ipynb's metadata declares
+# (tests/test_architecture.py keeps the two equal); checks.summary() reads them.
+EXERCISES = {"03.1": ("causal language-modelling loss", 2), "03.2": ("learning-rate schedule", 2),
+             "03.3": ("the 6·N·D estimate", 2), "03.4": ("a pre-LN transformer block", 3),
+             "03.5": ("one training step", 3)}
+
 CHECKS = {"03.1": check_causal_lm_loss, "03.2": check_learning_rate_schedule, "03.3": check_training_flops,
           "03.4": check_transformer_block, "03.5": check_training_step}
 

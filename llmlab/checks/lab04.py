@@ -131,6 +131,11 @@ def check_sample_per_intent(call) -> str:
     return "stratified, without repeats, sorted, repeatable for a seed and different across seeds"
 
 
+# The exercises of this lab, id -> (title, points): what solutions/04_fine_tuning.ipynb's metadata declares
+# (tests/test_architecture.py keeps the two equal); checks.summary() reads them.
+EXERCISES = {"04.1": ("the LoRA forward pass", 2), "04.2": ("macro-F1", 2),
+             "04.3": ("a stratified few-shot sampler", 1)}
+
 CHECKS = {"04.1": check_lora_forward, "04.2": check_macro_f1, "04.3": check_sample_per_intent}
 
 

@@ -199,6 +199,11 @@ def check_dpo_loss(call) -> str:
     return "matches −mean log σ(β·[(log π − log π_ref)(chosen) − (log π − log π_ref)(rejected)]) on 3 random batches, large margins included"
 
 
+# The exercises of this lab, id -> (title, points): what solutions/04b_instruction_tuning.ipynb's metadata declares
+# (tests/test_architecture.py keeps the two equal); checks.summary() reads them.
+EXERCISES = {"04b.1": ("format a conversation with a chat template", 1),
+             "04b.2": ("label masking and padding in a collator", 2), "04b.3": ("the DPO loss", 2)}
+
 CHECKS = {"04b.1": check_format_chat, "04b.2": check_collate_batch, "04b.3": check_dpo_loss}
 
 # What use_reference("04b.k") puts in the notebook: the name its exercise defines, and the course's implementation.

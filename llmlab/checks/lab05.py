@@ -390,6 +390,11 @@ def check_cached_generation(generate_fn) -> str:
             "and with learned positions; the prompt is prefilled once and every later step feeds one token into one cache")
 
 
+# The exercises of this lab, id -> (title, points): what solutions/05_inference.ipynb's metadata declares
+# (tests/test_architecture.py keeps the two equal); checks.summary() reads them.
+EXERCISES = {"05.1": ("top-k filter", 2), "05.2": ("top-p (nucleus) filter", 3),
+             "05.3": ("the cached generation loop", 3)}
+
 CHECKS = {"05.1": check_top_k_filter, "05.2": check_top_p_filter, "05.3": check_cached_generation}
 
 

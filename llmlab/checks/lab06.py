@@ -188,6 +188,11 @@ def check_iban_valid(call) -> str:
     return f"right on {len(cases)} IBANs: valid ones in any case and spacing, wrong check digits, wrong length, unknown country"
 
 
+# The exercises of this lab, id -> (title, points): what solutions/06_business.ipynb's metadata declares
+# (tests/test_architecture.py keeps the two equal); checks.summary() reads them.
+EXERCISES = {"06.1": ("threshold sweep", 2), "06.2": ("break-even volume", 2), "06.3": ("Luhn check", 1),
+             "06.4": ("IBAN check", 2)}
+
 CHECKS = {"06.1": check_threshold_sweep, "06.2": check_break_even_volume, "06.3": check_luhn_valid, "06.4": check_iban_valid}
 
 

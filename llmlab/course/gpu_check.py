@@ -14,7 +14,8 @@ Per lab this records:
   ``torch.cuda.max_memory_reserved`` (what the allocator held from the driver). The kernel is another process,
   so it reports them itself: the run gets a temporary ``IPYTHONDIR`` whose startup file (``PEAK_RECORDER``)
   writes both to a JSON file after every cell. The CUDA context (a few hundred MB) is in neither number.
-- the lab's estimate from ``llmlab.memory`` (the recorded one ``start_lab`` prints), to set beside the peak.
+- the lab's estimate from ``llmlab.memory``, as ``llmlab.memory_records`` keeps it (what ``start_lab`` prints), to set
+  beside the peak.
 
 The card may not be a T4. ``--t4-ratio R`` adds a column "T4 time ≈ R × the measured time": R is the
 caller's statement of how much slower a T4 is for these labs, and the table says which R was used; without it
@@ -128,7 +129,7 @@ def _gib(nbytes: int | None) -> str:
 
 
 def _estimate(lab: str) -> str:
-    from llmlab.memory import NOT_ESTIMATED, recorded_gpu_memory_estimate
+    from llmlab.memory_records import NOT_ESTIMATED, recorded_gpu_memory_estimate
 
     return "not estimated" if lab in NOT_ESTIMATED else f"{recorded_gpu_memory_estimate(lab).total_gib:.2f} GiB"
 
