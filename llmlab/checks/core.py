@@ -42,6 +42,16 @@ class Mismatch(Exception):
     """Raised inside a check with the sentence that tells the learner what is wrong."""
 
 
+class ReferenceWithheld(BaseException):
+    """Raised, while grading, by the course's implementation of an exercise: the grader's sandbox holds only a stub of
+    it, so a submission that calls or wraps the reference gets nothing from it (a BaseException, so that an ordinary
+    ``except Exception`` in the learner's code does not swallow it)."""
+
+    def __init__(self, exercise: str, where: str = ""):
+        super().__init__(f"{where or 'the course implementation'} is withheld while exercise {exercise} is graded")
+        self.exercise, self.where = exercise, where
+
+
 class LearnerCodeError(Exception):
     """The learner's code raised ``original``."""
 
@@ -103,7 +113,8 @@ def _outcome(exercise: str, body: Callable[[], str]) -> CheckResult:
         except LearnerCodeError as error:
             if isinstance(error.original, NotImplementedError):
                 return CheckResult(exercise, False, "not implemented yet: replace the `raise NotImplementedError` line with your code")
-            return CheckResult(exercise, False, f"your code raised {type(error.original).__name__}: {_first_line(error.original)}")
+            kind = getattr(error.original, "remote_type", type(error.original).__name__)  # the learner's process, when graded
+            return CheckResult(exercise, False, f"your code raised {kind}: {_first_line(error.original)}")
         except Exception as error:  # a failure of the check, not of the learner's code
             return CheckResult(exercise, False, f"the check itself failed ({type(error).__name__}: {_first_line(error)}); "
                                                 "this says nothing about your code: tell your instructor")
@@ -125,6 +136,11 @@ def variant(number: int):
         yield
     finally:
         _VARIANT.reset(token)
+
+
+def current_variant() -> int:
+    """0 in the learner's self-check, k in the grader's hidden variant k."""
+    return _VARIANT.get()
 
 
 def variant_seed(seed: int) -> int:

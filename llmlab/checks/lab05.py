@@ -22,6 +22,7 @@ from llmlab.checks.core import (
     seeded,
     self_check,
 )
+from llmlab.checks.remote import lend
 from llmlab.generation import top_k_filter, top_p_filter
 
 NEG_INF = float("-inf")
@@ -353,7 +354,7 @@ def _check_one_generation(generate_fn, model, prompt: torch.Tensor, new_tokens: 
     recorder = _ForwardRecorder(model)
     try:
         with torch.no_grad():
-            produced = generate_fn(model, prompt, new_tokens)
+            produced = generate_fn(lend(model, generate_fn, data=("config",), methods=("new_cache", "eval")), prompt, new_tokens)  # its calls come back here
     except LearnerCodeError:
         _diagnose_cache_use(recorder.calls, len(prompt), where)
         raise
