@@ -1,10 +1,10 @@
 """Fixtures shared by the test files, and how the suite spreads over the machine's cores.
 
 ``make test`` runs pytest with pytest-xdist, one worker per core (``-n auto`` in pyproject.toml).
-Tests that share an expensive fixture run in one worker, so that nothing is built twice:
-the test files that read the built site form the group ``site``; a notebook's cells (nbval)
-stay together in one kernel; the other tests are grouped by file, so a module's fixtures run
-once. The longest groups are sent out first, so that no core idles at the end.
+Tests are grouped by file, so that a module's fixtures run once and a notebook's cells (nbval)
+stay together in one kernel. The site is built once for the whole run, whichever worker gets
+there first (the others wait for it and reuse it). The longest groups are sent out first, and
+the files that read the site last, so that no core idles at the end.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from llmlab.course import site as course_site
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The test files that read the built site: one group, so the book is built once and no worker waits for another's build.
-SITE_FILES = ("test_book.py", "test_site.py", "test_translation.py", "test_browser.py")
-# The groups that take longest (measured: `make test` prints the slowest tests), handed out first.
-LONGEST_FIRST = ("site", "test_grading.py", "test_gpu_paths.py")
+# The order the groups are handed out in: the longest first (`make test` prints the slowest tests), so that no core
+# idles at the end; test_book.py's first test builds the site. The other files that read the site go last, when the
+# build is done or nearly: they then run side by side in several workers, reusing the one build.
+FIRST = ("test_book.py", "test_grading.py", "test_gpu_paths.py", "test_grading_labs.py")
+LAST = ("test_site.py", "test_translation.py", "test_browser.py")
 
 
 def pytest_configure(config):
@@ -47,11 +48,15 @@ def pytest_configure(config):
     os.environ["LLMLAB_RUNS"] = base
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core, and one more. Much of the suite waits on other processes (notebook kernels,
+    the book's build, the graded submissions), and the extra worker runs tests in those waits."""
+    return (os.cpu_count() or 1) + 1
+
+
 def group_of(nodeid: str) -> str:
-    """The group a test runs in: ``site`` for the files that read the built book, else its file (a notebook's cells
-    share one kernel; a module's fixtures run once)."""
-    path = nodeid.split("::", 1)[0]
-    return "site" if path.rsplit("/", 1)[-1] in SITE_FILES else path
+    """The group a test runs in: its file (a notebook's cells share one kernel; a module's fixtures run once)."""
+    return nodeid.split("::", 1)[0]
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -68,8 +73,10 @@ def pytest_xdist_make_scheduler(config, log):
 
 def pytest_collection_modifyitems(config, items):
     def rank(item) -> int:
-        group = group_of(item.nodeid).rsplit("/", 1)[-1]
-        return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
+        name = group_of(item.nodeid).rsplit("/", 1)[-1]
+        if name in FIRST:
+            return FIRST.index(name)
+        return len(FIRST) + 1 + LAST.index(name) if name in LAST else len(FIRST)
 
     items.sort(key=rank)  # stable: within a rank the order stays as collected
 
@@ -97,8 +104,8 @@ def built_book(tmp_path_factory) -> Path:
     """The built website's folder, both editions: ``LLMLAB_SITE`` when set (a site built already, as ``make
     browser-test`` passes), else one build for the whole run, which must finish with zero warnings.
 
-    The tests that read the site run in one xdist worker (the group ``site``). Should they ever be spread over
-    several, a lock in the run's shared temporary folder still lets only the first build and the others reuse it."""
+    The files that read the site may run in several xdist workers: a lock in the run's shared temporary folder lets
+    the first build and the others wait for it and reuse it."""
     if os.environ.get("LLMLAB_SITE"):
         html = Path(os.environ["LLMLAB_SITE"]).resolve()
         assert (html / "index.html").is_file() and (html / "_static" / course_site.MATHJAX_PATH).is_file(), \

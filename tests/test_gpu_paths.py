@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import subprocess
 import sys
@@ -219,9 +220,15 @@ def test_the_estimates_were_recorded_with_the_pinned_versions():
         "new pins: run `python -m llmlab.memory` with them and update RECORDED_MIB and RECORDED_WITH in llmlab/memory_records.py"
 
 
+@functools.cache
+def measured_estimate(lab: str):
+    """memory.gpu_memory_estimate(lab), measured once for the two tests below (Lab 4b's takes half a minute)."""
+    return memory.gpu_memory_estimate(lab)
+
+
 @pytest.mark.parametrize("lab", sorted(memory.ESTIMATORS))
 def test_gpu_memory_estimate_fits_a_t4(lab):
-    estimate = memory.gpu_memory_estimate(lab)
+    estimate = measured_estimate(lab)
     assert 0 < estimate.total <= T4_LIMIT, estimate.line()
 
 
@@ -230,7 +237,7 @@ def test_gpu_memory_estimate_fits_a_t4(lab):
                            f"here {installed_versions()}: other versions save other tensors")
 @pytest.mark.parametrize("lab", sorted(memory.ESTIMATORS))
 def test_the_recorded_estimate_is_what_the_code_measures(lab):
-    estimate = memory.gpu_memory_estimate(lab)
+    estimate = measured_estimate(lab)
     recorded = memory_records.recorded_gpu_memory_estimate(lab)
     entry = memory_records.recorded_entry(estimate)
     message = f"llmlab.memory_records.RECORDED_MIB[{lab!r}] is out of date; the code measures {entry!r}"

@@ -24,9 +24,19 @@ import sys
 import time
 from pathlib import Path
 
-import nbformat
+from typing import TYPE_CHECKING
 
 from llmlab.presets import PRESET_NAMES
+
+if TYPE_CHECKING:
+    import nbformat
+
+
+def _nbformat():
+    """nbformat, imported when first needed: a lab that imports this module to print its results never waits for it."""
+    import nbformat
+
+    return nbformat
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -124,9 +134,9 @@ def sync_colab_cells(notebook, lab_name: str, config_path: Path | None = None) -
     """Make cells 0 and 1 the badge and set-up cell for this repository; True if anything changed."""
     url, branch = repository(config_path)
     wanted = [
-        nbformat.v4.new_markdown_cell(badge_source(url, branch, lab_name), metadata={"llmlab": {"role": "colab-badge"}}),
+        _nbformat().v4.new_markdown_cell(badge_source(url, branch, lab_name), metadata={"llmlab": {"role": "colab-badge"}}),
         # Collapsed on the book's pages: readers of the website need not run it.
-        nbformat.v4.new_code_cell(setup_source(url, branch), metadata={"llmlab": {"role": "colab-setup"}, "tags": ["hide-input"]}),
+        _nbformat().v4.new_code_cell(setup_source(url, branch), metadata={"llmlab": {"role": "colab-setup"}, "tags": ["hide-input"]}),
     ]
     changed = False
     for key, value in COLAB_METADATA.items():  # Colab opens the notebook on a T4 GPU runtime
@@ -268,13 +278,13 @@ def write_labs() -> list[Path]:
     written = []
     (ROOT / "labs").mkdir(exist_ok=True)
     for path in solution_paths():
-        solution = nbformat.read(path, as_version=4)
+        solution = _nbformat().read(path, as_version=4)
         if sync_colab_cells(solution, path.name):
-            nbformat.write(solution, path)
+            _nbformat().write(solution, path)
             written.append(path)
         validate_exercises(solution, path.name)
         lab_path = ROOT / "labs" / path.name
-        text = nbformat.writes(make_lab(solution)) + "\n"
+        text = _nbformat().writes(make_lab(solution)) + "\n"
         if not lab_path.exists() or lab_path.read_text(encoding="utf-8") != text:
             lab_path.write_text(text, encoding="utf-8")
             written.append(lab_path)
@@ -289,12 +299,12 @@ def out_of_date() -> list[str]:
     """What `labs` would change, without changing it."""
     problems = []
     for path in solution_paths():
-        solution = nbformat.read(path, as_version=4)
+        solution = _nbformat().read(path, as_version=4)
         if sync_colab_cells(copy.deepcopy(solution), path.name):
             problems.append(f"{path.name}: Colab badge or set-up cell does not match _config.yml")
         validate_exercises(solution, path.name)
         lab_path = ROOT / "labs" / path.name
-        expected = nbformat.writes(make_lab(solution)) + "\n"
+        expected = _nbformat().writes(make_lab(solution)) + "\n"
         if not lab_path.exists() or lab_path.read_text(encoding="utf-8") != expected:
             problems.append(f"labs/{path.name} is not what solutions/{path.name} generates")
     return problems
@@ -302,13 +312,13 @@ def out_of_date() -> list[str]:
 
 def exercises_by_lab() -> dict[str, list[dict]]:
     """{lab file name: its exercises' metadata}, for the instructors' page and the grader."""
-    return {path.name: validate_exercises(nbformat.read(path, as_version=4), path.name) for path in solution_paths()}
+    return {path.name: validate_exercises(_nbformat().read(path, as_version=4), path.name) for path in solution_paths()}
 
 
 def recorded_runs() -> dict[str, dict[str, dict]]:
     """{lab file name: {preset: {seconds, machine, date, outputs_committed}}} as recorded by `execute`."""
     return {
-        path.name: nbformat.read(path, as_version=4).metadata.get("llmlab", {}).get("runs", {})
+        path.name: _nbformat().read(path, as_version=4).metadata.get("llmlab", {}).get("runs", {})
         for path in solution_paths()
     }
 
@@ -329,7 +339,7 @@ def recorded_results(lab: str) -> dict:
     path = ROOT / "solutions" / f"{lab}.ipynb"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the chapter reads the lab's committed results from it")
-    for cell in nbformat.read(path, as_version=4).cells:
+    for cell in _nbformat().read(path, as_version=4).cells:
         for output in cell.get("outputs", []):
             for line in output.get("text", "").splitlines():
                 if line.startswith(RESULTS_PREFIX):
@@ -375,7 +385,7 @@ def execute(path: Path, preset: str, timeout: int = 1800) -> float:
 
     from llmlab.runtime import describe_machine
 
-    notebook = nbformat.read(path, as_version=4)
+    notebook = _nbformat().read(path, as_version=4)
     previous = os.environ.get("LLMLAB_PRESET")
     os.environ["LLMLAB_PRESET"] = preset
     try:
@@ -388,7 +398,7 @@ def execute(path: Path, preset: str, timeout: int = 1800) -> float:
         else:
             os.environ["LLMLAB_PRESET"] = previous
     tidy_outputs(notebook)
-    target = notebook if preset != "smoke" else nbformat.read(path, as_version=4)
+    target = notebook if preset != "smoke" else _nbformat().read(path, as_version=4)
     runs = target.metadata.setdefault("llmlab", {}).setdefault("runs", {})
     runs[preset] = {
         "seconds": round(seconds, 1),
@@ -396,7 +406,7 @@ def execute(path: Path, preset: str, timeout: int = 1800) -> float:
         "date": datetime.date.today().isoformat(),
         "outputs_committed": preset != "smoke",
     }
-    nbformat.write(target, path)
+    _nbformat().write(target, path)
     return seconds
 
 
