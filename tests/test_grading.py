@@ -364,3 +364,20 @@ def test_without_a_sandbox_the_grader_stops_unless_told_to_go_on(tmp_path, monke
     assert grading.main([str(tmp_path), "--lab", "03", "--out", str(tmp_path / "gradebook.csv")]) == 2
     assert "no sandbox: bubblewrap needs Linux; this is Darwin" in capsys.readouterr().err
     assert not (tmp_path / "gradebook.csv").exists()
+
+
+def test_without_a_sandbox_every_row_says_so_and_references_are_still_withheld(tmp_path):
+    folder = tmp_path / "submissions"
+    folder.mkdir()
+    references = _with_cell(_minimal(SOLUTION), "from llmlab.training import cosine_learning_rate as cosine_from_the_course")
+    _exercise_cell(references, "03.2").source = REFERENCES["03.2"]
+    nbformat.write(references, folder / "trusted.ipynb")
+    out = tmp_path / "gradebook.csv"
+    options = grading.Options(**OPTIONS, sandboxed=False)
+    [grade] = grading.grade_folder(folder, LAB, out, workers=0, options=options)
+    assert grade.status == "graded" and grade.points == {**{key: float(value) for key, value in FULL.items()}, "03.2": 0.0}
+    assert grade.flags == ["03.2: calls or wraps the course's reference (llmlab.training.cosine_learning_rate)"]
+    with open(out, newline="", encoding="utf-8") as handle:
+        assert [row["sandbox"] for row in csv.DictReader(handle)] == ["OFF: the submission ran without a sandbox"]
+    assert "sandbox: OFF" in (tmp_path / "gradebook_report" / "trusted.txt").read_text()
+

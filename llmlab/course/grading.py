@@ -196,8 +196,11 @@ class LearnerProcess:
         os.set_inheritable(reply_write, True)
         arguments = sandbox.command(notebook_path, course, options.cell_seconds, slot, options.sandboxed)
         # The learner process reads requests on fd 3 and writes replies on fd 4.
+        # Without a sandbox the submission works in a folder of its own beside its notebook, and imports the withheld copy.
+        scratch = None if options.sandboxed else Path(tempfile.mkdtemp(prefix="scratch-", dir=notebook_path.parent))
+        environment = sandbox.environment(options.threads, scratch, None if options.sandboxed else course)
         self.process = subprocess.Popen(arguments, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                        env=sandbox.environment(options.threads), cwd=tempfile.gettempdir(),
+                                        env=environment, cwd=scratch or tempfile.gettempdir(),
                                         pass_fds=(3, 4), preexec_fn=_child_setup(request_read, reply_write, options.limits))
         os.close(request_read)
         os.close(reply_write)

@@ -183,13 +183,16 @@ def command(notebook: Path, course: Path, cell_seconds: float, slot: int, sandbo
     ]
 
 
-def environment(threads: int) -> dict[str, str]:
-    """The submission's whole environment: nothing of the grader's is passed on."""
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/scratch", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
-            "LLMLAB_PRESET": "smoke", "LLMLAB_RUNS": "/scratch/runs", "MPLBACKEND": "Agg", "MPLCONFIGDIR": "/scratch/.matplotlib",
-            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": "",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": "/scratch/.hf",
-            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
+def environment(threads: int, scratch: Path | None = None, course: Path | None = None) -> dict[str, str]:
+    """The submission's whole environment: nothing of the grader's is passed on. Without a sandbox, ``scratch`` is its
+    folder (the sandbox's is /scratch) and ``course`` the withheld copy of llmlab, found before the installed one."""
+    folder = str(scratch or "/scratch")
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": folder, "TMPDIR": "/tmp" if scratch is None else folder,
+            "LANG": "C.UTF-8", "LLMLAB_PRESET": "smoke", "LLMLAB_RUNS": f"{folder}/runs", "MPLBACKEND": "Agg",
+            "MPLCONFIGDIR": f"{folder}/.matplotlib", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+            "HF_HOME": f"{folder}/.hf", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
+            **({"PYTHONPATH": str(course.parent)} if course is not None else {})}
 
 
 def apply_limits(limits: Limits):
