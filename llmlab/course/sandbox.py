@@ -161,8 +161,11 @@ def command(notebook: Path, course: Path, cell_seconds: float, slot: int, sandbo
     for path in SYSTEM:
         if os.path.exists(path):
             binds.arguments += ["--ro-bind", path, path]
-    # Every home folder is an empty tmpfs: Python may live under one (pyenv), and nothing else of it is seen.
-    binds.arguments += ["--perms", "0755", "--tmpfs", "/root", "--perms", "0755", "--tmpfs", "/home"]
+    # Every home folder is an empty tmpfs: Python may live under one (pyenv), and nothing else of it is seen. The
+    # submission's /tmp and scratch folder too, made before the binds: the course may itself live under /tmp.
+    binds.arguments += ["--perms", "0755", "--tmpfs", "/root", "--perms", "0755", "--tmpfs", "/home",
+                        "--perms", "1777", "--size", str(512 * 2**20), "--tmpfs", "/scratch",
+                        "--perms", "1777", "--size", str(256 * 2**20), "--tmpfs", "/tmp"]
     pythons = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()}
     for path in sorted(pythons, key=lambda p: len(p.parts)):
         if not any(path.is_relative_to(system) for system in SYSTEM):
@@ -173,8 +176,6 @@ def command(notebook: Path, course: Path, cell_seconds: float, slot: int, sandbo
     binds.bind(notebook, Path("/submission/notebook.ipynb"))
     return [
         "bwrap", *binds.arguments,
-        "--perms", "1777", "--size", str(512 * 2**20), "--tmpfs", "/scratch",
-        "--perms", "1777", "--size", str(256 * 2**20), "--tmpfs", "/tmp",
         "--proc", "/proc", "--dev", "/dev",
         "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
         "--die-with-parent", "--new-session", "--chdir", "/scratch",
