@@ -289,8 +289,7 @@ def judge_exercise(exercise: Exercise, code) -> dict:
 def grade_submission(submission: Submission, lab: str, exercises: list[Exercise], options: Options, course: Path,
                      slot: int = 0) -> Grade:
     """One submission, end to end: read it, run it in the sandbox, judge each exercise here."""
-    from llmlab.checks.core import ReferenceWithheld
-    from llmlab.checks.remote import ChannelBroken, LearnerTimeout, start_deadline
+    from llmlab.checks.remote import ChannelBroken, LearnerTimeout
 
     path = submission.path
     grade = Grade(submission.student, path.name if path else "", sandboxed=options.sandboxed,
@@ -323,7 +322,10 @@ def grade_submission(submission: Submission, lab: str, exercises: list[Exercise]
                 starts += 1
                 learner = LearnerProcess(copy, lab, course, options, slot)
                 try:
-                    errors = cell_errors(notebook, learner.wait_ready())
+                    raised = learner.wait_ready()
+                    errors = cell_errors(notebook, raised)
+                    if starts == 1:  # the instructor's report: which code cells raised what
+                        grade.notes += [f"code cell {index}: {text}" for index, text in sorted(raised.items())]
                 except LearnerTimeout:
                     grade.status = f"stopped: the notebook did not finish within {options.notebook_seconds:g} s"
                     learner.stop()
