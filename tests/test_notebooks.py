@@ -68,6 +68,7 @@ def test_labs_have_no_outputs_and_name_each_exercise(path):
     for cell in lab.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None
+            assert notebooks.NBVAL_MARKER not in cell.source, "the tests' marker means nothing to a learner: leave it out"
     for exercise in notebooks.exercises_by_lab()[path.name]:
         assert f"Exercise {exercise['id']} ({exercise['title']})" in "\n".join(c.source for c in lab.cells)
     assert "runs" not in lab.metadata.get("llmlab", {})

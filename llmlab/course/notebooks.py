@@ -227,14 +227,24 @@ def absolute_chapter_links(markdown: str, config_path: Path | None = None) -> st
     return CHAPTER_LINK.sub(lambda match: f"]({address}book/{match.group(1)}.html{match.group(2) or ''})", markdown)
 
 
+NBVAL_MARKER = "# NBVAL_CHECK_OUTPUT"  # tells the tests (nbval) to compare a solution cell's output; it means nothing to a learner
+
+
+def without_test_markers(source: str) -> str:
+    """A code cell's source without the line that marks it for nbval's output comparison."""
+    return "\n".join(line for line in source.split("\n") if line.strip() != NBVAL_MARKER)
+
+
 def make_lab(solution) -> nbformat.NotebookNode:
-    """The student version: solutions replaced, outputs and run records cleared, links to chapters made absolute."""
+    """The student version: solutions replaced, outputs and run records cleared, links to chapters made absolute, the
+    tests' output markers left out (the tests run the solutions, never the student labs)."""
     lab = copy.deepcopy(solution)
     for cell in lab.cells:
         if cell.cell_type == "markdown":
             cell.source = absolute_chapter_links(cell.source)
         if cell.cell_type != "code":
             continue
+        cell.source = without_test_markers(cell.source)
         exercise = exercise_of(cell)
         if exercise is not None:
             cell.source = strip_solution(cell.source, exercise)
