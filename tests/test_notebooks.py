@@ -248,3 +248,13 @@ def test_book_exercises_use_the_labs_difficulty_scale():
         for header in re.findall(r"^:::\{exercise\}.*$", chapter.read_text(encoding="utf-8"), re.M):
             level = re.match(r":::\{exercise\} \((\w+)\) ", header)
             assert level and level.group(1) in notebooks.DIFFICULTIES, f"{chapter.name}: {header!r} has no level of {notebooks.DIFFICULTIES}"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_exercises_are_named_by_their_ids_everywhere(path):
+    """"Exercise 03.1", as use_reference("03.1") and the grader name it, never "Exercise 3.1"."""
+    text = "\n".join(cell.source for cell in read(path).cells)
+    ids = {exercise["id"] for exercise in notebooks.exercises_by_lab()[path.name]}
+    mentioned = set(re.findall(r"\bExercise (\d+[a-z]?\.\d+)\b", text))
+    assert mentioned <= ids, f"{path.name} names exercises {sorted(mentioned - ids)}; its ids are {sorted(ids)}"
+
