@@ -3,7 +3,9 @@
 - ``ms_per_token``: generation time per token, with or without the KV cache;
 - ``prefill_and_decode``: the two phases of a request timed apart;
 - ``batch_throughput``: tokens per second against the number of texts generated at once;
-- ``memory_bound_tokens_per_second``: the ceiling that reading the weights once per step sets;
+- ``memory_bound_tokens_per_second``: the ceiling that reading the weights and each text's KV cache
+  once per step sets; ``kv_bytes_per_token``, the cache's bytes per token; ``memory_needed_bytes`` and
+  ``fits_in_memory``, whether weights and caches fit in a GPU's memory;
 - ``speed_rows``: ms/token with and without the cache for several lengths (what Lab 5 plots and the benchmark prints);
 - ``time_in_turn``: several candidates timed in turn, so that a busy machine slows them alike;
 - ``int8_copy`` and ``saved_megabytes``: dynamic int8 quantisation of the linear layers, and size on disk;
@@ -39,6 +41,8 @@ GREEDY = Decoding("greedy")
 # Peak memory bandwidth from NVIDIA's datasheets, bytes per second: T4 320 GB/s (GDDR6),
 # H100 SXM 3.35 TB/s (HBM3). Decoding one token reads every weight once, so this caps its speed.
 DATASHEET_BANDWIDTH = {"T4": 320e9, "H100 SXM": 3.35e12}
+# Memory from the same datasheets, bytes: T4 16 GB, H100 SXM 80 GB, counted as 10^9 bytes each.
+DATASHEET_MEMORY = {"T4": 16e9, "H100 SXM": 80e9}
 
 
 def random_prompt(length: int, vocab_size: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
@@ -103,17 +107,59 @@ def batch_throughput(model: GPT, batch_sizes: list[int], prompt_length: int, new
     return rows
 
 
-def memory_bound_tokens_per_second(model_bytes: float, bandwidth_bytes_per_second: float, batch: int = 1) -> float:
-    """The most tokens per second decoding can produce if each step must read all weights once from memory.
+def kv_bytes_per_token(n_layers: int, n_kv_heads: int, head_dim: int, bytes_per_value: float = 2) -> float:
+    """Bytes of KV cache one token of one text holds: 2 (K and V) × layers × KV heads × head dim × bytes per value.
 
-    One step makes one token for each of ``batch`` texts and reads the weights once for all of
-    them, which is why batching raises throughput until the arithmetic, not the memory, is the
-    limit. (The KV cache adds its own bytes per step; this bound leaves them out.)
+    Llama 2 7B (32 layers, 32 KV heads of 128, 16 bits) holds 524,288 bytes per token; Mistral 7B and
+    Llama 3 8B share each of 8 KV heads among 4 query heads (grouped-query attention) and hold a quarter.
+    """
+    if min(n_layers, n_kv_heads, head_dim) < 1 or bytes_per_value <= 0:
+        raise ValueError(f"need positive layers, KV heads, head dim and bytes per value, got {n_layers}, "
+                         f"{n_kv_heads}, {head_dim} and {bytes_per_value}")
+    return 2 * n_layers * n_kv_heads * head_dim * bytes_per_value
+
+
+def memory_bound_tokens_per_second(model_bytes: float, bandwidth_bytes_per_second: float, batch: int = 1,
+                                   context_tokens: float = 0, kv_bytes_per_token: float = 0) -> float:
+    """The most tokens per second decoding can produce if each step must read, from memory, all
+    weights once and every text's KV cache:
+
+        tokens/s <= batch × bandwidth / (model bytes + batch × context tokens × KV bytes per token).
+
+    One step makes one token for each of ``batch`` texts. It reads the weights once for all of them,
+    which is why batching raises throughput; but each text attends over its own cache of
+    ``context_tokens`` tokens, so those bytes grow with the batch and the gain shrinks. With the
+    defaults (no cache) this is the weights-only bound ``batch × bandwidth / model bytes``, an
+    upper bound for short texts. Whether the batch fits in memory at all is ``fits_in_memory``.
     """
     if model_bytes <= 0 or bandwidth_bytes_per_second <= 0 or batch < 1:
         raise ValueError(f"need positive model bytes and bandwidth and batch >= 1, got {model_bytes}, "
                          f"{bandwidth_bytes_per_second} and {batch}")
-    return batch * bandwidth_bytes_per_second / model_bytes
+    if context_tokens < 0 or kv_bytes_per_token < 0:
+        raise ValueError(f"need context tokens and KV bytes per token >= 0, got {context_tokens} "
+                         f"and {kv_bytes_per_token}")
+    bytes_per_step = model_bytes + batch * context_tokens * kv_bytes_per_token
+    return batch * bandwidth_bytes_per_second / bytes_per_step
+
+
+def memory_needed_bytes(model_bytes: float, batch: int = 1, max_context_tokens: float = 0,
+                        kv_bytes_per_token: float = 0) -> float:
+    """Bytes of the weights plus the KV caches of ``batch`` texts at their longest (``max_context_tokens``)."""
+    if model_bytes <= 0 or batch < 1 or max_context_tokens < 0 or kv_bytes_per_token < 0:
+        raise ValueError(f"need positive model bytes, batch >= 1 and non-negative context and KV bytes, got "
+                         f"{model_bytes}, {batch}, {max_context_tokens} and {kv_bytes_per_token}")
+    return model_bytes + batch * max_context_tokens * kv_bytes_per_token
+
+
+def fits_in_memory(model_bytes: float, memory_bytes: float, batch: int = 1, max_context_tokens: float = 0,
+                   kv_bytes_per_token: float = 0) -> bool:
+    """Whether weights + batch × max context × KV bytes per token fit in ``memory_bytes`` of GPU memory.
+
+    A necessary condition only: activations, the runtime and fragmentation need memory too.
+    """
+    if memory_bytes <= 0:
+        raise ValueError(f"need positive memory, got {memory_bytes}")
+    return memory_needed_bytes(model_bytes, batch, max_context_tokens, kv_bytes_per_token) <= memory_bytes
 
 
 def int8_copy(model: nn.Module) -> nn.Module:

@@ -32,6 +32,45 @@ def test_memory_bound_ceiling_by_hand():
             inference.memory_bound_tokens_per_second(*bad)
 
 
+def test_kv_bytes_per_token_from_published_configs():
+    # Llama 2 7B: 32 layers, 32 KV heads of 128, 16-bit values; Mistral 7B / Llama 3 8B: 8 KV heads (GQA)
+    assert inference.kv_bytes_per_token(32, 32, 128) == 2 * 32 * 32 * 128 * 2 == 524_288
+    assert inference.kv_bytes_per_token(32, 8, 128) == inference.kv_bytes_per_token(32, 32, 128) / 4
+    with pytest.raises(ValueError, match="positive"):
+        inference.kv_bytes_per_token(32, 0, 128)
+
+
+def test_memory_bound_ceiling_with_a_kv_cache():
+    kv = inference.kv_bytes_per_token(32, 32, 128)
+    # batch 1 without a cache: the weights-only formula, bandwidth / weight bytes
+    assert inference.memory_bound_tokens_per_second(14e9, 3.35e12, batch=1, context_tokens=0, kv_bytes_per_token=kv) \
+        == pytest.approx(3.35e12 / 14e9, rel=1e-12)
+    assert inference.memory_bound_tokens_per_second(14e9, 3.35e12, context_tokens=4096) == pytest.approx(3.35e12 / 14e9)
+    # with a cache every step also reads batch x context x KV bytes, so the bound is lower, by hand:
+    with_cache = inference.memory_bound_tokens_per_second(14e9, 3.35e12, batch=32, context_tokens=4096, kv_bytes_per_token=kv)
+    assert with_cache == pytest.approx(32 * 3.35e12 / (14e9 + 32 * 4096 * kv), rel=1e-12)
+    assert with_cache < inference.memory_bound_tokens_per_second(14e9, 3.35e12, batch=32) / 2
+    # a bigger batch still helps, but less than in proportion
+    one = inference.memory_bound_tokens_per_second(14e9, 3.35e12, 1, 4096, kv)
+    assert one < with_cache < 32 * one
+    for bad in ({"context_tokens": -1}, {"kv_bytes_per_token": -1.0}):
+        with pytest.raises(ValueError, match=">= 0"):
+            inference.memory_bound_tokens_per_second(14e9, 3.35e12, **bad)
+
+
+def test_fits_in_memory_counts_the_caches_of_the_whole_batch():
+    llama2, mistral = inference.kv_bytes_per_token(32, 32, 128), inference.kv_bytes_per_token(32, 8, 128)
+    t4, h100 = inference.DATASHEET_MEMORY["T4"], inference.DATASHEET_MEMORY["H100 SXM"]
+    assert inference.fits_in_memory(14e9, t4)                                 # 14 GB of weights alone fit in 16 GB
+    assert not inference.fits_in_memory(14e9, t4, 32, 4096, llama2)          # + 32 caches of 4,096 tokens: 83 GB
+    assert not inference.fits_in_memory(14e9, h100, 32, 4096, llama2)        # ... not even on 80 GB
+    assert inference.fits_in_memory(14e9, h100, 32, 4096, mistral)           # GQA: a quarter of the cache fits
+    assert inference.memory_needed_bytes(14e9, 32, 4096, llama2) == 14e9 + 32 * 4096 * 524_288
+    assert inference.fits_in_memory(26e9, 80e9, 1, 54e9, 1.0) and not inference.fits_in_memory(26e9, 80e9, 1, 54e9 + 1, 1.0)
+    with pytest.raises(ValueError, match="positive memory"):
+        inference.fits_in_memory(14e9, 0)
+
+
 def test_int8_copy_keeps_the_outputs_close_shrinks_the_file_and_leaves_the_original_alone():
     model = tiny_gpt()
     tokens = torch.randint(0, 17, (2, 30), generator=torch.Generator().manual_seed(1))
