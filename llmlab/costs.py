@@ -107,3 +107,34 @@ def cost_per_million_tokens(tokens_per_second: float, price_per_hour: float) -> 
     if tokens_per_second <= 0 or price_per_hour < 0:
         raise ValueError(f"tokens_per_second must be positive and price_per_hour not negative, got {tokens_per_second} and {price_per_hour}")
     return price_per_hour / (tokens_per_second * 3600) * 1e6
+
+
+def prefill_seconds(prompt_tokens: float, parameters: float, peak_flops_per_second: float, utilisation: float) -> float:
+    """Seconds of one accelerator to prefill a prompt: about 2·N FLOPs per prompt token (the forward
+    pass's matrix products; the attention scores are left out), at ``utilisation`` × the peak.
+
+    Prefill processes the whole prompt in one pass, so it is limited by arithmetic, not by memory
+    as decoding is; ``utilisation`` is the model FLOPs utilisation the server sustains (an assumption).
+    """
+    if prompt_tokens < 0 or parameters <= 0 or peak_flops_per_second <= 0:
+        raise ValueError(f"need prompt tokens >= 0 and positive parameters and peak, got {prompt_tokens}, "
+                         f"{parameters} and {peak_flops_per_second}")
+    if not 0 < utilisation <= 1:
+        raise ValueError(f"utilisation is a fraction in (0, 1], got {utilisation}")
+    return 2.0 * parameters * prompt_tokens / (peak_flops_per_second * utilisation)
+
+
+def request_gpu_seconds(prompt_tokens: float, output_tokens: float, parameters: float, peak_flops_per_second: float,
+                        prefill_utilisation: float, decode_tokens_per_second: float) -> float:
+    """One request's share of a GPU's time: its prefill (``prefill_seconds``) plus its generated tokens
+    at the server's decoding throughput.
+
+    ``decode_tokens_per_second`` is the server's total rate across its whole batch (for example a share
+    of ``inference.memory_bound_tokens_per_second``), so each generated token takes 1 / rate seconds
+    of the GPU. The two phases are counted one after the other, as if they never overlapped.
+    """
+    if output_tokens < 0 or decode_tokens_per_second <= 0:
+        raise ValueError(f"need output tokens >= 0 and a positive decoding rate, got {output_tokens} "
+                         f"and {decode_tokens_per_second}")
+    return (prefill_seconds(prompt_tokens, parameters, peak_flops_per_second, prefill_utilisation)
+            + output_tokens / decode_tokens_per_second)

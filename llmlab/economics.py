@@ -123,18 +123,26 @@ def sensitivity_table(costs: SupportCosts, automation_rate: float, wrong_answer_
 
 # --- build, buy or adapt: the same request served three ways -------------------------------
 
+HOURS_PER_MONTH = 365 * 24 / 12  # 730: an average month, for a machine rented around the clock
+
 
 @dataclass(frozen=True)
 class SourcingOption:
-    """One way to get a model into production: a one-off cost, a fixed monthly cost and a cost per request."""
+    """One way to get a model into production: a one-off cost, a fixed monthly cost and a cost per request.
+
+    ``included_requests`` is how many requests a month the fixed cost already serves (the capacity
+    of GPUs paid for around the clock); only requests beyond it pay ``per_request``. The default, 0,
+    charges every request.
+    """
 
     name: str
     upfront: float
     monthly_fixed: float
     per_request: float
+    included_requests: float = 0.0
 
     def __post_init__(self):
-        for name in ("upfront", "monthly_fixed", "per_request"):
+        for name in ("upfront", "monthly_fixed", "per_request", "included_requests"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{self.name}: {name} must be a finite number >= 0, got {value!r}")
@@ -142,7 +150,8 @@ class SourcingOption:
 
 def total_cost(option: SourcingOption, requests_per_month: float, months: float) -> float:
     """Everything the option costs over ``months`` at a steady volume."""
-    return option.upfront + months * (option.monthly_fixed + requests_per_month * option.per_request)
+    charged = max(0.0, requests_per_month - option.included_requests)
+    return option.upfront + months * (option.monthly_fixed + charged * option.per_request)
 
 
 def cheapest_option(options: list[SourcingOption], requests_per_month: float, months: float) -> SourcingOption:
@@ -155,10 +164,84 @@ def cheapest_option(options: list[SourcingOption], requests_per_month: float, mo
 def crossover_volume(cheap_to_start: SourcingOption, cheap_to_run: SourcingOption, months: float) -> float:
     """Requests per month above which ``cheap_to_run`` costs less over the horizon than ``cheap_to_start``.
 
-    0 if it is never more expensive, ``math.inf`` if it never becomes cheaper.
+    0 if it is never more expensive, ``math.inf`` if it never becomes cheaper. With included
+    requests the costs are piecewise linear in the volume; the answer is the volume beyond which
+    ``cheap_to_run`` is never the dearer of the two.
     """
-    extra_fixed = (cheap_to_run.upfront - cheap_to_start.upfront) + months * (cheap_to_run.monthly_fixed - cheap_to_start.monthly_fixed)
-    saving_per_request = months * (cheap_to_start.per_request - cheap_to_run.per_request)
-    if extra_fixed <= 0:
-        return 0.0 if saving_per_request >= 0 else math.inf
-    return extra_fixed / saving_per_request if saving_per_request > 0 else math.inf
+    def difference(volume: float) -> float:
+        return total_cost(cheap_to_run, volume, months) - total_cost(cheap_to_start, volume, months)
+
+    breakpoints = sorted({0.0, cheap_to_start.included_requests, cheap_to_run.included_requests})
+    last = breakpoints[-1]
+    slope = months * (cheap_to_run.per_request - cheap_to_start.per_request)  # beyond every breakpoint
+    if slope > 0 or (slope == 0 and difference(last) > 0):
+        return math.inf
+    if difference(last) > 0:
+        return last + difference(last) / -slope
+    for low, high in reversed(list(zip(breakpoints[:-1], breakpoints[1:]))):
+        if difference(low) > 0:  # and difference(high) <= 0: the last crossing is in this piece
+            return low + difference(low) * (high - low) / (difference(low) - difference(high))
+    return 0.0
+
+
+def self_hosted_option(name: str, upfront: float, monthly_other: float, gpu_price_per_hour: float,
+                       gpu_seconds_per_request: float, gpus_always_on: int = 1) -> SourcingOption:
+    """A model served on rented GPUs: ``gpus_always_on`` of them paid around the clock, more by the hour.
+
+    The fixed monthly cost is ``monthly_other`` (monitoring, on-call, people) plus the always-on
+    GPUs' hours; they serve ``gpus_always_on × HOURS_PER_MONTH × 3600 / gpu_seconds_per_request``
+    requests a month. Each request beyond that pays its own GPU time at the same hourly price.
+    """
+    if gpu_seconds_per_request <= 0 or gpu_price_per_hour < 0 or gpus_always_on < 0:
+        raise ValueError(f"need positive GPU seconds per request, a price >= 0 and GPUs >= 0, got "
+                         f"{gpu_seconds_per_request}, {gpu_price_per_hour} and {gpus_always_on}")
+    return SourcingOption(name, upfront=upfront,
+                          monthly_fixed=monthly_other + gpus_always_on * HOURS_PER_MONTH * gpu_price_per_hour,
+                          per_request=gpu_seconds_per_request * gpu_price_per_hour / 3600,
+                          included_requests=gpus_always_on * HOURS_PER_MONTH * 3600 / gpu_seconds_per_request)
+
+
+def crossover_grid(buy: SourcingOption, adapt_at_share, price_factors, shares, months: float) -> dict:
+    """The crossover volume (``crossover_volume(buy, adapt)``) over a grid of two uncertain assumptions.
+
+    ``buy``'s price per request is multiplied by each of ``price_factors``; ``adapt_at_share(share)``
+    returns the self-hosted option when the server sustains ``share`` of its throughput bound.
+    Returns ``{(factor, share): requests per month}``, ``math.inf`` where self-hosting never pays.
+    """
+    return {(factor, share): crossover_volume(replace(buy, per_request=buy.per_request * factor),
+                                              adapt_at_share(share), months)
+            for factor in price_factors for share in shares}
+
+
+# --- how many wrong answers a validation set may show for a cap to hold ---------------------
+
+
+def most_errors_under_cap(trials: int, cap: float, z: float = 1.96) -> int:
+    """The most errors in ``trials`` validation examples for which the upper end of the Wilson
+    interval of the error rate (95 % for z = 1.96) is still at most ``cap``; -1 if even 0 is too many.
+
+    A threshold chosen so that its validation rate's *point estimate* is under a cap can have a true
+    rate above it; chosen so that the interval's upper end is under the cap, it has a true rate under
+    the cap with about that confidence, provided that live traffic is drawn like the validation set.
+    """
+    from llmlab.instruct import wilson_interval
+
+    if trials < 1 or not 0 < cap < 1:
+        raise ValueError(f"need trials >= 1 and a cap in (0, 1), got {trials} and {cap}")
+    errors = -1  # the upper end grows with the count, so stop at the first count past the cap
+    while errors < trials and wilson_interval(errors + 1, trials, z)[1] <= cap:
+        errors += 1
+    return errors
+
+
+def most_errors_for_conformal_risk(trials: int, cap: float) -> int:
+    """The most errors in ``trials`` validation examples that conformal risk control accepts for a cap.
+
+    For a loss in [0, 1] that can only fall as the threshold rises (here: a wrong automatic answer),
+    Angelopoulos et al. (2024) choose the lowest threshold with (n·R + 1) / (n + 1) <= cap, where R is
+    the validation error rate; the expected error rate on a new, exchangeable example is then at most
+    the cap. In counts: at most floor(cap·(n + 1) − 1) errors; -1 if none is allowed.
+    """
+    if trials < 1 or not 0 < cap < 1:
+        raise ValueError(f"need trials >= 1 and a cap in (0, 1), got {trials} and {cap}")
+    return max(-1, min(trials, math.floor(cap * (trials + 1) - 1 + 1e-9)))

@@ -96,3 +96,17 @@ def test_monthly_cost_and_table():
     assert table.loc["chars", "cheap"] == pytest.approx(160.0)
     with pytest.raises(ValueError, match="negative"):
         compute.monthly_cost(-1, 1, 1, 1, 1)
+
+
+def test_prefill_and_request_gpu_seconds_by_hand():
+    # 2 × 1e9 parameters × 1,000 prompt tokens = 2e12 FLOPs at half of 1e15 FLOP/s: 0.004 s.
+    assert compute.prefill_seconds(1_000, 1e9, 1e15, 0.5) == pytest.approx(0.004)
+    # The prefill is the forward third of 6ND: the same tokens trained would take three times as long.
+    assert 3 * compute.prefill_seconds(1_000, 1e9, 1e15, 0.5) == pytest.approx(
+        3600 * compute.gpu_hours(compute.training_flops(1e9, 1_000), 1e15, 0.5))
+    # Plus 300 generated tokens at a server rate of 1,500 tokens/s: 0.2 s more.
+    assert compute.request_gpu_seconds(1_000, 300, 1e9, 1e15, 0.5, 1_500) == pytest.approx(0.204)
+    with pytest.raises(ValueError, match=r"fraction in \(0, 1\]"):
+        compute.prefill_seconds(1_000, 1e9, 1e15, 0.0)
+    with pytest.raises(ValueError, match="decoding rate"):
+        compute.request_gpu_seconds(1_000, 300, 1e9, 1e15, 0.5, 0)

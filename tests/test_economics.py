@@ -67,3 +67,71 @@ def test_build_buy_adapt_crossover():
     assert economics.crossover_volume(hosted, api, months) == math.inf  # the API never gets cheaper per request
     with pytest.raises(ValueError, match="per_request"):
         economics.SourcingOption("bad", 0, 0, -1)
+
+
+def test_crossover_with_requests_the_fixed_cost_already_serves():
+    api = economics.SourcingOption("API", upfront=1_000, monthly_fixed=0, per_request=0.002)
+    # 1,500 a month pays for a GPU that serves the first 1,000,000 requests; beyond them 0.0002 each.
+    hosted = economics.SourcingOption("self-hosted", upfront=10_000, monthly_fixed=1_500, per_request=0.0002,
+                                      included_requests=1_000_000)
+    months = 12
+    assert economics.total_cost(hosted, 400_000, months) == pytest.approx(10_000 + 12 * 1_500)
+    assert economics.total_cost(hosted, 1_500_000, months) == pytest.approx(10_000 + 12 * (1_500 + 500_000 * 0.0002))
+    # Within the included requests the crossover would be 27,000 / (12 × 0.002) = 1,125,000, past them;
+    # beyond them: 27,000 + 12 × 0.0002 × (V − 1,000,000) = 12 × 0.002 × V, so V = 24,600 / 0.0216.
+    volume = economics.crossover_volume(api, hosted, months)
+    assert volume == pytest.approx(24_600 / 0.0216)
+    assert economics.total_cost(api, volume, months) == pytest.approx(economics.total_cost(hosted, volume, months))
+    roomy = economics.SourcingOption("two GPUs", 10_000, 1_500, 0.0002, included_requests=2_000_000)
+    assert economics.crossover_volume(api, roomy, months) == pytest.approx(1_125_000)
+    # A bought price below the self-hosted GPU cost per request: self-hosting never pays.
+    cheap = economics.SourcingOption("hosted open weights", 1_000, 0, 0.0001)
+    assert economics.crossover_volume(cheap, hosted, months) == math.inf
+    with pytest.raises(ValueError, match="included_requests"):
+        economics.SourcingOption("bad", 0, 0, 0, included_requests=-1)
+
+
+def test_self_hosted_option_pays_for_an_always_on_gpu():
+    # 0.36 GPU-seconds a request at 2.50 an hour: 0.00025 a request; one GPU-month (730 h) serves 7,300,000.
+    option = economics.self_hosted_option("adapt", upfront=25_000, monthly_other=1_000, gpu_price_per_hour=2.5,
+                                          gpu_seconds_per_request=0.36)
+    assert economics.HOURS_PER_MONTH == pytest.approx(730)
+    assert option.monthly_fixed == pytest.approx(1_000 + 730 * 2.5)
+    assert option.per_request == pytest.approx(0.00025)
+    assert option.included_requests == pytest.approx(7_300_000)
+    two = economics.self_hosted_option("adapt", 25_000, 1_000, 2.5, 0.36, gpus_always_on=2)
+    assert two.monthly_fixed == pytest.approx(1_000 + 2 * 730 * 2.5) and two.included_requests == pytest.approx(14_600_000)
+    with pytest.raises(ValueError, match="GPU seconds"):
+        economics.self_hosted_option("bad", 0, 0, 2.5, 0)
+
+
+def test_crossover_grid_scales_the_price_and_the_share():
+    api = economics.SourcingOption("API", upfront=1_000, monthly_fixed=0, per_request=0.002)
+
+    def adapt(share):  # the server's speed, and so its GPU seconds per request, scale with the share
+        return economics.self_hosted_option("adapt", 10_000, 0, 3.6, gpu_seconds_per_request=0.1 / share)
+
+    grid = economics.crossover_grid(api, adapt, price_factors=(0.1, 1.0), shares=(0.5, 1.0), months=12)
+    assert set(grid) == {(0.1, 0.5), (0.1, 1.0), (1.0, 0.5), (1.0, 1.0)}
+    # share 1: 0.1 s a request at 3.60 an hour = 0.0001 a request; the GPU costs 730 × 3.6 = 2,628 a month
+    # and serves 26,280,000 requests. At the full price: (9,000 + 12 × 2,628) / (12 × 0.002) = 1,689,000.
+    assert grid[1.0, 1.0] == pytest.approx((9_000 + 12 * 2_628) / (12 * 0.002))
+    assert grid[1.0, 0.5] == pytest.approx(grid[1.0, 1.0])  # still within one GPU's requests
+    # At a tenth of the price (0.0002 a request) the crossover is past 13,140,000 at share 0.5 (0.0002 a
+    # request beyond): never; at share 1: (9,000 + 12 × 2,628) / (12 × 0.0002) = 16,890,000 < 26,280,000.
+    assert grid[0.1, 0.5] == math.inf
+    assert grid[0.1, 1.0] == pytest.approx(16_890_000)
+
+
+def test_how_many_validation_errors_a_cap_allows():
+    # The Wilson upper end at 0 errors is z² / (n + z²): 3.8416 / 773.8416 = 0.50 % for n = 770.
+    # For n = 770 and a 2 % cap: 7 errors reach 1.86 % and 8 errors 2.04 %, so at most 7 (0.9 %).
+    assert economics.most_errors_under_cap(770, 0.02) == 7
+    assert economics.most_errors_under_cap(100, 0.05) == 0   # 1 error: upper end 5.45 %
+    assert economics.most_errors_under_cap(10, 0.05) == -1   # 0 errors: upper end 27.8 %
+    # Conformal risk control: (n·R + 1) / (n + 1) <= cap, so at most floor(0.02 × 771 − 1) = 14 errors.
+    assert economics.most_errors_for_conformal_risk(770, 0.02) == 14
+    assert economics.most_errors_for_conformal_risk(99, 0.05) == 4
+    assert economics.most_errors_for_conformal_risk(10, 0.05) == -1
+    with pytest.raises(ValueError, match="cap"):
+        economics.most_errors_under_cap(770, 2.0)
