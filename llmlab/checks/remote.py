@@ -32,6 +32,9 @@ import torch
 from llmlab.checks import wire
 
 
+MAX_LENT_CALL_ELEMENTS = 100_000  # what one call back to a lent model may pass: its work runs in the judge, so it is bounded
+
+
 class LearnerTimeout(BaseException):
     """The learner's process did not answer within the time left for the exercise (a BaseException: no check catches it)."""
 
@@ -98,6 +101,8 @@ class Channel:
             if method != "__call__" and method not in methods:
                 raise AttributeError(f"the grader's {type(target).__name__} lends no method {method!r} "
                                      f"(only calling it{''.join(', .' + name + '()' for name in sorted(methods))})")
+            if sum(tensor.numel() for tensor in tensors.values()) > MAX_LENT_CALL_ELEMENTS:
+                raise ValueError(f"a call to the grader's model may pass at most {MAX_LENT_CALL_ELEMENTS:,} numbers")
             args, kwargs = wire.decode(header["call"], tensors, from_handle=self._lent_object)
             with torch.no_grad():
                 result = getattr(target, method)(*args, **kwargs)

@@ -24,7 +24,8 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-MAX_MESSAGE_BYTES = 512 * 2**20  # a message larger than this is refused: no submission needs it for a check
+MAX_MESSAGE_BYTES = 64 * 2**20  # a message larger than this is refused: no check needs it, and the judge's memory is safe
+MAX_HEADER_BYTES = 8 * 2**20    # of which the JSON structure
 
 # The course's dataclasses that checks pass to learners' code, rebuilt field by field on the other side.
 DATACLASSES = {"llmlab.model.GPTConfig", "llmlab.economics.SupportCosts"}
@@ -210,7 +211,7 @@ def read_message(stream: BinaryIO) -> tuple[dict, dict[str, torch.Tensor]]:
     from safetensors.torch import load
 
     body_size, blob_size = struct.unpack("<II", _read_exactly(stream, 8))
-    if body_size + blob_size > MAX_MESSAGE_BYTES:
+    if body_size + blob_size > MAX_MESSAGE_BYTES or body_size > MAX_HEADER_BYTES:
         raise WireError(f"a message of {body_size + blob_size:,} bytes is more than the {MAX_MESSAGE_BYTES:,} allowed")
     try:
         header = json.loads(_read_exactly(stream, body_size).decode("utf-8"))

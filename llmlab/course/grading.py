@@ -44,6 +44,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -459,22 +460,44 @@ def grade_folder(folder: Path, lab: str, out: Path, force: bool = False, workers
         to_grade = []
     workers = max(1, min(workers or os.cpu_count() or 1, len(to_grade) or 1))
     options.threads = max(1, (os.cpu_count() or 1) // workers)
-    if to_grade:
-        context = multiprocessing.get_context("spawn")  # a fresh process: nothing inherited from the caller's state
-        slots = context.Manager().Queue()
-        for slot in range(workers):
-            slots.put(slot)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
-                                 initargs=(slots, lab, options.sandboxed)) as pool:
-            futures = {submission.student: pool.submit(_grade_in_worker, submission, lab, exercises, options)
-                       for submission in to_grade}
-            for submission in to_grade:
-                grade = futures[submission.student].result()
-                (results_folder / (_safe(submission.student) + ".json")).write_text(json.dumps(asdict(grade), indent=1))
-                grades[submission.student] = grade
+    # A worker that dies (it should not: the judge reads only data) breaks the pool for every submission still in it.
+    # Those are graded again, each in a pool of its own, so that one submission never costs the others their grades.
+    for round_workers, batches in ((workers, [to_grade]), (1, None)):
+        if batches is None:
+            batches = [[submission] for submission in to_grade]
+        left = []
+        for batch in filter(None, batches):
+            context = multiprocessing.get_context("spawn")  # a fresh process: nothing inherited from the caller's state
+            slots = context.Manager().Queue()
+            for slot in range(round_workers):
+                slots.put(slot)
+            with ProcessPoolExecutor(max_workers=round_workers, mp_context=context, initializer=_start_worker,
+                                     initargs=(slots, lab, options.sandboxed)) as pool:
+                futures = {submission.student: pool.submit(_grade_in_worker, submission, lab, exercises, options)
+                           for submission in batch}
+                for submission in batch:
+                    try:
+                        grade = futures[submission.student].result()
+                    except BrokenProcessPool:
+                        if round_workers > 1:
+                            left.append(submission)
+                            continue
+                        grade = _failed(submission, exercises, "the grader's worker died while grading it")
+                    except Exception as error:  # the grader's own fault: said in the row, the others go on
+                        grade = _failed(submission, exercises, f"the grader failed ({type(error).__name__}: {error})"[:300])
+                    (results_folder / (_safe(submission.student) + ".json")).write_text(json.dumps(asdict(grade), indent=1))
+                    grades[submission.student] = grade
+        to_grade = left
+        if not to_grade:
+            break
     ordered = [grades[submission.student] for submission in submissions]
     write_outputs(out, ordered, exercises, submissions, lms, assignment or f"Lab {lab}")
     return ordered
+
+
+def _failed(submission: Submission, exercises: list[Exercise], status: str) -> Grade:
+    return Grade(submission.student, submission.path.name if submission.path else "", status,
+                 points={exercise.id: 0.0 for exercise in exercises})
 
 
 def _safe(student: str) -> str:
