@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 # One entry per file the labs read; data/<dataset>/README.md states the same hashes
@@ -19,6 +20,8 @@ CHECKSUMS = {
     "banking77/categories.json": "53261da888122daf2d120d925458631d9619e15d82e56052e7a42e535ce32b63",
     "banking77/answers.csv": "38492c4a417e499e6ff7d6f6a290287e24f5a97f5e02261d54766a58a5ce2e5e",
     "taskmaster4_coffee/dialogs.jsonl": "346bde02e69f9a0b805fae82c64abc7d29383f51b7abb6fd8c05e072dbdcf3ba",
+    "clapnq/clapnq_dev_answerable.jsonl": "3eefef4a3d4e34c0f7d2c2eceb9bde263bf43ee8edac1b4fe8d74f8b6a0bdfbe",
+    "clapnq/clapnq_dev_unanswerable.jsonl": "a04f4fd625a68a521663d4c0e2b54c74c8067459adcb973a6111602fa54faaac",
 }
 
 
@@ -97,3 +100,55 @@ def coffee_dialogs(root: Path | None = None) -> list[dict]:
     """
     with open(data_file("taskmaster4_coffee/dialogs.jsonl", root), encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One Wikipedia passage of CLAP NQ: the unit a retriever returns and an answer cites."""
+
+    id: str  # "p000" … in order of first appearance (answerable file first); CLAP NQ itself gives passages no id
+    title: str  # the Wikipedia article's title, which CC BY-SA attribution names
+    text: str  # NQ's tokenised text, spaces around punctuation, exactly as published
+    sentences: tuple[str, ...]  # CLAP NQ's own sentence split of ``text``
+
+
+@dataclass(frozen=True)
+class Question:
+    """One CLAP NQ question with its gold passage and, when it has one, its reference answer."""
+
+    id: str  # Natural Questions' example id
+    text: str  # a real Google query, lower case
+    answerable: bool  # False: the gold passage is on the question's topic but does not answer it
+    answer: str  # the first annotation's long-form answer (CLAP NQ's output[0]); "" when unanswerable
+    gold_passage_id: str  # the Passage.id of the one passage the annotators read
+    all_answers: tuple[str, ...]  # every annotation with text ("" and "NA" dropped), for multi-reference scores
+
+
+def clapnq(root: Path | None = None) -> tuple[list[Question], list[Passage]]:
+    """CLAP NQ's dev split: 600 questions (300 answerable, then 300 unanswerable) and the 597 distinct passages.
+
+    Every question has exactly one gold passage. Three passages are each the gold passage of two
+    questions, so passages are keyed by (title, text), not by question, and a retriever searching
+    the 597 passages finds the same passage for both.
+    """
+    questions: list[Question] = []
+    passage_ids: dict[tuple[str, str], str] = {}
+    passages: list[Passage] = []
+    for name, answerable in (("answerable", True), ("unanswerable", False)):
+        relative = f"clapnq/clapnq_dev_{name}.jsonl"
+        with open(data_file(relative, root), encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                record = json.loads(line)
+                if len(record["passages"]) != 1:
+                    raise DataFileError(f"{relative} line {line_number} has {len(record['passages'])} passages, expected 1")
+                gold = record["passages"][0]
+                key = (gold["title"], gold["text"])
+                if key not in passage_ids:
+                    passage_ids[key] = f"p{len(passages):03d}"
+                    passages.append(Passage(passage_ids[key], gold["title"], gold["text"], tuple(gold["sentences"])))
+                answers = tuple(o["answer"] for o in record["output"] if o["answer"].strip() not in ("", "NA"))
+                if answerable and not answers:
+                    raise DataFileError(f"{relative} line {line_number}: an answerable question without an answer")
+                questions.append(Question(record["id"], record["input"], answerable, answers[0] if answerable else "",
+                                          passage_ids[key], answers if answerable else ()))
+    return questions, passages

@@ -83,3 +83,18 @@ def test_coffee_dialogs_alternate_and_start_with_the_customer():
     for dialog in dialogs:
         speakers = [turn["speaker"] for turn in dialog["turns"]]
         assert speakers[0] == "user" and all(a != b for a, b in zip(speakers, speakers[1:]))
+
+
+def test_clapnq_questions_and_passages():
+    questions, passages = data.clapnq()
+    assert len(questions) == 600 and sum(q.answerable for q in questions) == 300
+    assert len(passages) == 597 and len({p.id for p in passages}) == 597
+    assert len({(p.title, p.text) for p in passages}) == 597, "a passage appears twice under two ids"
+    by_id = {p.id: p for p in passages}
+    first = questions[0]
+    assert first.id == "6401197308716204890" and by_id[first.gold_passage_id].title == "Forecasting"
+    assert first.answer.startswith("Seasonality, in which data experiences regular")
+    assert all(q.gold_passage_id in by_id for q in questions)
+    assert all(bool(q.answer) == q.answerable and (q.answer in q.all_answers) == q.answerable for q in questions)
+    assert "NA" not in {a for q in questions for a in q.all_answers}
+    assert all(p.sentences and p.sentences[0].split()[0] == p.text.split()[0] for p in passages)
