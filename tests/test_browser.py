@@ -67,6 +67,17 @@ const start = Date.now();
 # What the page shows once typeset: its formulas, the text a reader sees, its links and badges.
 READ_PAGE = """
 const maths = [...document.querySelectorAll('.math')];
+// Code blocks wider than their box (they scroll sideways), with folded cells unfolded as a reader may.
+// Outputs are left out: they are what a committed lab run printed, not code a reader reads.
+const folded = [...document.querySelectorAll('main details:not([open])')];
+folded.forEach((e) => { e.open = true; });
+const wideCode = [...document.querySelectorAll('main pre')]
+  .filter((e) => e.offsetParent !== null && !e.closest('.cell_output, .output') && e.scrollWidth > e.clientWidth + 1)
+  .map((e) => {
+    const longest = e.textContent.split('\\n').reduce((a, b) => (b.length > a.length ? b : a), '');
+    return {width: e.clientWidth, scrolls: e.scrollWidth, characters: longest.length, line: longest.trim().slice(0, 60)};
+  });
+folded.forEach((e) => { e.open = false; });
 const main = (document.querySelector('main') || document.body).cloneNode(true);
 main.querySelectorAll('pre, code, script, style, textarea, mjx-container, .highlight').forEach((e) => e.remove());
 const urls = [];
@@ -79,6 +90,7 @@ return {
   errors: [...document.querySelectorAll('mjx-merror, [data-mjx-error]')].map((e) => e.getAttribute('data-mjx-error') || e.textContent),
   text: main.textContent,
   urls: urls,
+  wide_code: wideCode,
   colab: [...document.querySelectorAll('a[href*="colab.research.google.com"]')].map((a) => {
     const img = a.querySelector('img');
     return {href: a.href, badge: img ? {src: img.src, loaded: img.complete && img.naturalWidth > 0} : null};
@@ -200,6 +212,33 @@ def test_every_formula_is_typeset_by_mathjax(visits):
         problems += [f"{page}: TeX error {error!r}" for error in seen["errors"]]
         problems += [f"{page}: raw TeX in the text: {found!r}" for found in raw_tex(seen["text"])]
     assert not problems, "\n".join(problems[:40])
+
+
+def test_no_code_block_scrolls_sideways(visits):
+    """At a 1280-px-wide window every code block, folded set-up cells unfolded, fits its box: the course's
+    code font (book/_static/code-width.css) holds the 88 characters tests/test_notebooks.py allows a line."""
+    code_pages = [page for page in visits if page.startswith(("book/", "solutions/"))]
+    assert "book/02_attention.html" in code_pages
+    problems = [f"{page}: a {wide['characters']}-character line needs {wide['scrolls']} px of {wide['width']}: {wide['line']}"
+                for page, seen in visits.items() for wide in seen["wide_code"]]
+    assert not problems, f"{len(problems)} code blocks scroll sideways:\n" + "\n".join(problems[:40])
+
+
+def test_read_page_finds_code_that_scrolls_sideways(browser, tmp_path):
+    """The check above on a page made for it: a wide code block is found, folded or not; outputs are not."""
+    wide, narrow = "x = " + "1 + " * 60 + "1", "y = 1"
+    page = tmp_path / "wide.html"
+    page.write_text(
+        "<html><body><main style='width: 400px'>"
+        f"<div class='cell_input'><pre>{narrow}\n{wide}</pre></div>"
+        f"<details><summary>Show code</summary><pre>{wide}</pre></details>"
+        f"<div class='cell_output'><pre>{wide}</pre></div>"
+        f"<pre>{narrow}</pre>"
+        "</main></body></html>", encoding="utf-8")
+    browser.get(page.resolve().as_uri())
+    seen = browser.execute_script(READ_PAGE)
+    assert [found["characters"] for found in seen["wide_code"]] == [len(wide), len(wide)]
+    assert browser.execute_script("return document.querySelector('details').open") is False
 
 
 def test_lab_pages_have_a_colab_badge_that_opens_the_student_lab(visits):

@@ -258,3 +258,128 @@ def test_exercises_are_named_by_their_ids_everywhere(path):
     mentioned = set(re.findall(r"\bExercise (\d+[a-z]?\.\d+)\b", text))
     assert mentioned <= ids, f"{path.name} names exercises {sorted(mentioned - ids)}; its ids are {sorted(ids)}"
 
+
+
+# The widest code line a reader sees: at a 1280-px-wide window a code block holds 88 characters of
+# the course's code font (book/_static/code-width.css); tests/test_browser.py checks the built pages.
+CODE_WIDTH = 88
+REMOVED = {"remove-cell", "remove-input"}  # never shown; hide-input and hide-cell fold code a reader can unfold
+FENCE = re.compile(r"^(`{3,}|~{3,})\s*(\S*)\s*(.*)$")
+SHOWN_FENCES = {"", "python", "python3", "ipython3", "bash", "sh", "shell", "console", "text"}
+
+
+def _fenced_blocks(text: str):
+    """(line number of the body's first line, info word, argument, option lines, body lines) of each fenced block."""
+    lines, index = text.split("\n"), 0
+    while index < len(lines):
+        opening = FENCE.match(lines[index])
+        if not opening:
+            index += 1
+            continue
+        fence, info, argument = opening.groups()
+        index, body = index + 1, []
+        first = index + 1  # 1-based
+        while index < len(lines) and not re.fullmatch(re.escape(fence[0]) + "{%d,}\\s*" % len(fence), lines[index]):
+            body.append(lines[index])
+            index += 1
+        options = []
+        if info.startswith("{"):  # a directive: its options are `:key: value` lines or a `---` YAML block first
+            if body[:1] == ["---"] and "---" in body[1:]:
+                end = body.index("---", 1)
+                options, body = body[1:end], body[end + 1:]
+                first += end + 1
+            else:
+                while body and body[0].startswith(":"):
+                    options.append(body.pop(0))
+                    first += 1
+        yield first, info, argument, options, body
+        index += 1
+
+
+def _tags(options: list[str]) -> set[str]:
+    for option in options:
+        key, _, value = option.lstrip(":").partition(":")
+        if key.strip() == "tags":
+            return set(yaml.safe_load(value.strip()) or [])
+    return set()
+
+
+def _included_lines(chapter: Path, argument: str, options: list[str]) -> list[str]:
+    """The lines a {literalinclude} shows, read as Sphinx reads them."""
+    from types import SimpleNamespace
+
+    from sphinx.directives.code import LiteralIncludeReader
+
+    settings = dict((key.strip(), value.strip()) for key, _, value in (o.lstrip(":").partition(":") for o in options))
+    settings.pop("language", None)
+    text, _ = LiteralIncludeReader(str(chapter.parent / argument), settings, SimpleNamespace(source_encoding="utf-8-sig")).read()
+    return text.split("\n")
+
+
+def chapter_code_lines(chapter: Path) -> list[tuple[str, str]]:
+    """(where, line) for every code line a reader of the chapter's page sees or can unfold."""
+    shown = []
+    for first, info, argument, options, body in _fenced_blocks(chapter.read_text(encoding="utf-8")):
+        if info == "{code-cell}" and not _tags(options) & REMOVED or info in SHOWN_FENCES:
+            shown += [(f"{chapter.name}:{first + n}", line) for n, line in enumerate(body)]
+        elif info == "{literalinclude}":
+            shown += [(f"{chapter.name}, {argument}", line) for line in _included_lines(chapter, argument, options)]
+    return shown
+
+
+def notebook_code_lines(path: Path) -> list[tuple[str, str]]:
+    """(where, line) for every code line a reader of the lab's page sees or can unfold (the Colab set-up cell)."""
+    shown = []
+    for number, cell in enumerate(read(path).cells):
+        if cell.cell_type == "code" and not set(cell.metadata.get("tags", [])) & REMOVED:
+            shown += [(f"{path.name} cell {number} line {n + 1}", line) for n, line in enumerate(cell.source.split("\n"))]
+        elif cell.cell_type == "markdown":
+            for first, info, _, _, body in _fenced_blocks(cell.source):
+                if info in SHOWN_FENCES:
+                    shown += [(f"{path.name} cell {number} line {first + n}", line) for n, line in enumerate(body)]
+    return shown
+
+
+def too_wide(shown: list[tuple[str, str]]) -> list[str]:
+    return [f"{where}: {len(line)} characters: {line.strip()[:60]}" for where, line in shown if len(line) > CODE_WIDTH]
+
+
+READER_PAGES = sorted((ROOT / "book").glob("*.md")) + SOLUTIONS
+
+
+@pytest.mark.parametrize("path", READER_PAGES, ids=lambda p: p.name)
+def test_code_shown_to_readers_fits_the_page(path):
+    """No code a reader sees scrolls sideways: visible code lines are at most CODE_WIDTH characters."""
+    shown = notebook_code_lines(path) if path.suffix == ".ipynb" else chapter_code_lines(path)
+    wide = too_wide(shown)
+    assert not wide, f"{len(wide)} code lines over {CODE_WIDTH} characters (`ruff format --line-length {CODE_WIDTH}`):\n" + "\n".join(wide[:30])
+
+
+def test_the_code_width_check_finds_a_long_line(tmp_path):
+    """A planted 89-character line in each place a reader sees code is found; removed cells are not read."""
+    long_line = "x = " + "1 + " * 20 + "12345"
+    assert len(long_line) == CODE_WIDTH + 1
+    (tmp_path / "shown.py").write_text(f"def shown():\n    return 1\n\n\n{long_line}\n")
+    chapter = tmp_path / "chapter.md"
+    chapter.write_text(
+        f"```{{code-cell}} ipython3\n{long_line}\n```\n\n"
+        f"```{{code-cell}} ipython3\n:tags: [hide-input]\n\n{long_line}\n```\n\n"
+        f"```{{code-cell}} ipython3\n:tags: [remove-cell]\n{long_line}\n```\n\n"
+        f"```{{code-cell}} ipython3\n---\ntags: [remove-input]\n---\n{long_line}\n```\n\n"
+        f"```text\n{long_line}\n```\n\n"
+        f"```{{math}}\n{long_line}\n```\n\n"
+        "```{literalinclude} shown.py\n:language: python\n:pyobject: shown\n```\n\n"
+        "```{literalinclude} shown.py\n:language: python\n:lines: 5\n```\n"
+    )
+    assert [where for where, _ in chapter_code_lines(chapter) if len(_) > CODE_WIDTH] == [
+        "chapter.md:2", "chapter.md:8", "chapter.md:24", "chapter.md, shown.py"]
+    assert not too_wide([(where, long_line[:-1]) for where, _ in chapter_code_lines(chapter)])
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell(long_line, metadata={"tags": ["hide-input"]}),
+        nbformat.v4.new_code_cell(long_line, metadata={"tags": ["remove-cell"]}),
+        nbformat.v4.new_markdown_cell(f"Run:\n\n```python\n{long_line}\n```"),
+        nbformat.v4.new_code_cell("print(1)"),
+    ])
+    nbformat.write(notebook, tmp_path / "lab.ipynb")
+    assert [line.split(":")[0] for line in too_wide(notebook_code_lines(tmp_path / "lab.ipynb"))] == [
+        "lab.ipynb cell 0 line 1", "lab.ipynb cell 2 line 4"]
