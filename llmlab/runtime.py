@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llmlab.gpu_time import gpu_time_line
 from llmlab.memory_records import gpu_memory_line
 from llmlab.presets import check_preset, lab_settings
 
@@ -178,6 +179,8 @@ def start_lab(lab: str, seed: int = 0) -> tuple[dict, LabRun]:
     print(f"{lab} | preset {name} | device {describe_machine(device)} | precision {precision.name} | seed {seed}")
     print(f"versions: {versions}")
     print("settings:", ", ".join(f"{k}={v}" for k, v in config.items()))
+    # At every preset: no gpu run has recorded its time yet, and a reader of a cpu run decides from it whether to use Colab.
+    print("time:", gpu_time_line(lab))  # an estimate from FLOPs: nothing is measured here
     if name == "gpu":
         print("memory:", gpu_memory_line(lab))  # recorded numbers: nothing is measured here
     return config, run
