@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import nbformat
@@ -308,10 +309,12 @@ def _included_lines(chapter: Path, argument: str, options: list[str]) -> list[st
     """The lines a {literalinclude} shows, read as Sphinx reads them."""
     from types import SimpleNamespace
 
-    from sphinx.directives.code import LiteralIncludeReader
+    from sphinx.directives.code import LiteralInclude, LiteralIncludeReader
 
-    settings = dict((key.strip(), value.strip()) for key, _, value in (o.lstrip(":").partition(":") for o in options))
-    settings.pop("language", None)
+    settings = {}
+    for option in options:  # each option converted as the directive converts it (:dedent: 4 is a number)
+        key, _, value = option.lstrip(":").partition(":")
+        settings[key.strip()] = LiteralInclude.option_spec[key.strip()](value.strip() or None)
     text, _ = LiteralIncludeReader(str(chapter.parent / argument), settings, SimpleNamespace(source_encoding="utf-8-sig")).read()
     return text.split("\n")
 
@@ -340,8 +343,13 @@ def notebook_code_lines(path: Path) -> list[tuple[str, str]]:
     return shown
 
 
+def columns(line: str) -> int:
+    """The width of a line in a monospace font: a Chinese character takes the room of two letters."""
+    return sum(2 if unicodedata.east_asian_width(character) in "WF" else 1 for character in line)
+
+
 def too_wide(shown: list[tuple[str, str]]) -> list[str]:
-    return [f"{where}: {len(line)} characters: {line.strip()[:60]}" for where, line in shown if len(line) > CODE_WIDTH]
+    return [f"{where}: {columns(line)} characters: {line.strip()[:60]}" for where, line in shown if columns(line) > CODE_WIDTH]
 
 
 READER_PAGES = sorted((ROOT / "book").glob("*.md")) + SOLUTIONS
@@ -374,6 +382,7 @@ def test_the_code_width_check_finds_a_long_line(tmp_path):
     assert [where for where, _ in chapter_code_lines(chapter) if len(_) > CODE_WIDTH] == [
         "chapter.md:2", "chapter.md:8", "chapter.md:24", "chapter.md, shown.py"]
     assert not too_wide([(where, long_line[:-1]) for where, _ in chapter_code_lines(chapter)])
+    assert too_wide([("Chinese", "x = '" + "卡" * 42 + "'")]) and not too_wide([("Chinese", "x = '" + "卡" * 41 + "'")])
     notebook = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell(long_line, metadata={"tags": ["hide-input"]}),
         nbformat.v4.new_code_cell(long_line, metadata={"tags": ["remove-cell"]}),
