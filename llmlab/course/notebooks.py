@@ -82,17 +82,21 @@ def site_address(config_path: Path | None = None) -> str:
 
 
 def setup_source(url: str, branch: str = "main") -> str:
-    return f'''# Set-up. On Google Colab: fetch the course, install llmlab and move into the course folder.
+    # Every line at most 88 characters: readers unfold this cell on the lab's page
+    # (tests/test_notebooks.py::test_code_shown_to_readers_fits_the_page).
+    return f'''# Set-up. On Google Colab: fetch the course, install llmlab, go into the course folder.
 # Anywhere else (your laptop, Binder, the course's tests) this cell does nothing.
 #
 # On Colab, before you run it:
-# - the preset: leave the line below commented for the default ("gpu" on a GPU runtime, else "cpu"),
-#   or uncomment it and pick "smoke" (seconds: to try the whole lab), "cpu" or "gpu";
-# - your edits: File → Save a copy in Drive, or they are lost when the runtime disconnects;
-# - long runs: KEEP_RUNS_IN_DRIVE = True keeps checkpoints in your Drive (llmlab-runs/), so a
-#   training cell re-run after a disconnect continues where it stopped.
-# The pretrained encoder all-MiniLM-L6-v2 (about 90 MB) is downloaded from the Hugging Face Hub
-# the first time a lab uses it; the datasets ship with the course.
+# - the preset: leave the line below commented for the default ("gpu" on a GPU runtime,
+#   else "cpu"), or uncomment it and pick "smoke" (seconds: to try the whole lab), "cpu"
+#   or "gpu";
+# - your edits: File → Save a copy in Drive, or they are lost when the runtime
+#   disconnects;
+# - long runs: KEEP_RUNS_IN_DRIVE = True keeps checkpoints in your Drive (llmlab-runs/),
+#   so a training cell re-run after a disconnect continues where it stopped.
+# The pretrained encoder all-MiniLM-L6-v2 (about 90 MB) is downloaded from the Hugging
+# Face Hub the first time a lab uses it; the datasets ship with the course.
 import os, subprocess, sys
 
 # os.environ["LLMLAB_PRESET"] = "smoke"
@@ -105,19 +109,24 @@ def run_or_explain(command, advice):
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         print(result.stdout[-2000:], result.stderr[-4000:], sep="\\n")
-        raise SystemExit(f"set-up stopped: `{{' '.join(command[:6])}} ...` failed (exit code {{result.returncode}}); {{advice}}")
+        raise SystemExit(f"set-up stopped: `{{' '.join(command[:6])}} ...` failed "
+                         f"(exit code {{result.returncode}}); {{advice}}")
 
 
 if "google.colab" in sys.modules and not os.path.isdir("llmlab"):
     if not os.path.isdir("course"):
-        run_or_explain(["git", "clone", "--depth", "1", "--branch", COURSE_BRANCH, COURSE_REPOSITORY, "course"],
-                       "check COURSE_REPOSITORY and COURSE_BRANCH above (a fork sets both in its _config.yml), "
-                       "or upload the course as a folder named `course` and run this cell again")
+        run_or_explain(["git", "clone", "--depth", "1", "--branch", COURSE_BRANCH,
+                        COURSE_REPOSITORY, "course"],
+                       "check COURSE_REPOSITORY and COURSE_BRANCH above (a fork sets "
+                       "both in its _config.yml), or upload the course as a folder "
+                       "named `course` and run this cell again")
     os.chdir("course")
-    # Colab already has torch, transformers and datasets; this adds llmlab without replacing them.
+    # Colab already has torch, transformers and datasets; this adds llmlab without
+    # replacing them.
     run_or_explain([sys.executable, "-m", "pip", "install", "-q", "-e", ".[labs]"],
-                   "pip's message is printed above; Runtime → Restart session and run this cell again, "
-                   "and if it fails the same way, report it with that message")
+                   "pip's message is printed above; Runtime → Restart session and run "
+                   "this cell again, and if it fails the same way, report it with that "
+                   "message")
     sys.path.insert(0, os.getcwd())
 if "google.colab" in sys.modules and KEEP_RUNS_IN_DRIVE:
     from google.colab import drive
