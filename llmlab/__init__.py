@@ -18,6 +18,13 @@ Each module grows out of a chapter, and each concept lives in one module that ev
   ``course`` (lab generation and timed runs; no teaching module imports it).
 """
 
+import logging as _logging
+
 from llmlab import progress as _progress  # noqa: F401  (sets up progress bars before other libraries do)
+
+# torchao (optional, Lab 5), which peft imports whenever it is installed, logs at import that its CUDA-only kernels
+# cannot load on a CPU build of torch, and trips a torch deprecation notice about its own enums: harmless, not shown.
+for _name in ("torchao", "torch.utils._pytree"):
+    _logging.getLogger(_name).setLevel(_logging.ERROR)
 
 __version__ = "0.1.0"

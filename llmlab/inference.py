@@ -6,6 +6,11 @@
 - ``memory_bound_tokens_per_second``: the ceiling that reading the weights and each text's KV cache
   once per step sets; ``kv_bytes_per_token``, the cache's bytes per token; ``memory_needed_bytes`` and
   ``fits_in_memory``, whether weights and caches fit in a GPU's memory;
+- ``measure_read_bandwidth`` and ``measure_matmul_flops``: the machine's memory bandwidth and arithmetic
+  rate, measured; ``weight_bytes``: the bytes of a model's weights; ``prefilled_cache`` and
+  ``decode_sweep``: decode steps of a model far larger than the caches, timed against the bound;
+- ``bfloat16_copy`` and ``torchao_weight_only_copy``: 16-bit weights, and torchao's weight-only int8
+  and int4 (an optional library, imported only when asked for); ``relative_logit_error``;
 - ``speed_rows``: ms/token with and without the cache for several lengths (what Lab 5 plots and the benchmark prints);
 - ``time_in_turn``: several candidates timed in turn, so that a busy machine slows them alike;
 - ``int8_copy`` and ``saved_megabytes``: dynamic int8 quantisation of the linear layers, and size on disk;
@@ -20,8 +25,10 @@ on the machine at hand; the functions say what was measured, never what a datash
 
 from __future__ import annotations
 
+import copy
 import io
 import json
+import logging
 import time
 import warnings
 from collections.abc import Callable
@@ -162,6 +169,242 @@ def fits_in_memory(model_bytes: float, memory_bytes: float, batch: int = 1, max_
     return memory_needed_bytes(model_bytes, batch, max_context_tokens, kv_bytes_per_token) <= memory_bytes
 
 
+READ_BANDWIDTH_METHOD = ("the median time torch.sum takes over a float32 array of {megabytes:,.0f} MB (after one "
+                         "untimed pass), with {threads} thread(s): the sum reads every byte once and does one add per "
+                         "4 bytes, far below what the processor can compute, so bytes / seconds is the rate memory "
+                         "delivers them; the array must be far larger than the caches for that to be main memory")
+
+
+def measure_read_bandwidth(megabytes: float = 512, repeats: int = 5, device: torch.device | str = "cpu") -> dict:
+    """Bytes per second that ``device`` reads from its memory, measured, with the method that measured it.
+
+    A float32 array of ``megabytes`` MB (10^6 bytes) is summed ``repeats`` times after one untimed
+    pass; the bandwidth is its bytes divided by the median time. Summing is what a decode step does
+    to its weights at batch 1: every byte is read once and used for about one operation. Only an
+    array far larger than the processor's caches measures main memory; a small one measures a cache.
+    """
+    if megabytes <= 0 or repeats < 1:
+        raise ValueError(f"need positive megabytes and repeats >= 1, got {megabytes} and {repeats}")
+    device = torch.device(device)
+    array = torch.ones(max(1, int(megabytes * 1e6 / 4)), device=device)
+    seconds = measure_seconds(lambda: array.sum(), device, repeats, warmup=1)
+    size = array.numel() * array.element_size()
+    threads = torch.get_num_threads() if device.type == "cpu" else "GPU"
+    return {"bytes_per_second": size / seconds, "megabytes": size / 1e6, "seconds": seconds, "threads": threads,
+            "method": READ_BANDWIDTH_METHOD.format(megabytes=size / 1e6, threads=threads)}
+
+
+def measure_matmul_flops(size: int = 1024, repeats: int = 5, device: torch.device | str = "cpu") -> float:
+    """Floating-point operations per second of one float32 matrix product (size × size by size × size), measured.
+
+    A product of two large square matrices does ``size`` multiply-adds per number it reads, so its
+    speed is set by arithmetic, not memory: the other roof of the roofline, on this machine.
+    """
+    if size < 1 or repeats < 1:
+        raise ValueError(f"need size >= 1 and repeats >= 1, got {size} and {repeats}")
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(0)
+    left, right = (torch.randn(size, size, generator=generator).to(device) for _ in range(2))
+    return 2 * size ** 3 / measure_seconds(lambda: left @ right, device, repeats, warmup=1)
+
+
+def largest_cpu_cache_bytes() -> int | None:
+    """Bytes of this CPU's largest cache (the last level) as Linux reports it, or None where it does not."""
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = entry.read_text().strip().upper()
+        units = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
+        sizes.append(int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
+    return max(sizes) if sizes else None
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters, a tied matrix once: what a decode step reads at batch 1 (its buffers aside)."""
+    return sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+
+
+def prefilled_cache(model: GPT, batch: int, context_tokens: int, max_tokens: int, seed: int = 0):
+    """A KV cache for ``batch`` texts of up to ``max_tokens`` tokens that already holds ``context_tokens`` of each.
+
+    The keys and values are random numbers, not a real prefill: a decode step's time depends on
+    how many positions it reads, not on their values, and a real prefill of long prompts at a large
+    batch would take a CPU minutes.
+    """
+    if not 0 <= context_tokens < max_tokens:
+        raise ValueError(f"need 0 <= context_tokens < max_tokens, got {context_tokens} and {max_tokens}")
+    cache = model.new_cache(batch, max_tokens)
+    generator = torch.Generator(device=cache.keys.device).manual_seed(seed)
+    for layer in range(model.config.n_layers):  # layer by layer, so no full-size temporary is made
+        for stored in (cache.keys[layer, :, :, :context_tokens], cache.values[layer, :, :, :context_tokens]):
+            stored.normal_(generator=generator)
+    cache.advance(context_tokens)
+    return cache
+
+
+@torch.no_grad()
+def decode_sweep(model: GPT, batch_sizes: list[int], context_tokens: int, steps: int, repeats: int = 3,
+                 bandwidth_megabytes: float = 512, model_bytes: float | None = None) -> list[dict]:
+    """Decode steps timed at each batch size against the memory-bound ceiling, with the bandwidth measured in turn.
+
+    For each batch: a cache holding ``context_tokens`` positions of every text (``prefilled_cache``),
+    then ``repeats`` rounds (after one warm-up round) of: sum an array of ``bandwidth_megabytes`` MB
+    (``measure_read_bandwidth``'s method), then ``steps`` decode steps, each timed on its own, the cache
+    rewound to ``context_tokens`` after each round. Reported: the median step, the median bandwidth
+    of the rounds (measured next to the steps, so that other work on the machine weighs on both),
+    the weights-only ceiling and the KV-aware one, which also reads every text's cache (for the mean
+    number of positions a step attended over), and the measured tokens/s as a share of the latter.
+    ``model_bytes`` (default: ``weight_bytes(model)``) gives the weights' bytes where parameters do not
+    hold them all (a quantised copy keeps its weights in packed form).
+    """
+    if min(batch_sizes) < 1 or steps < 1 or repeats < 1:
+        raise ValueError(f"need batch sizes >= 1, steps >= 1 and repeats >= 1, got {batch_sizes}, {steps} and {repeats}")
+    model.eval()
+    device = next(model.parameters()).device
+    array = torch.ones(max(1, int(bandwidth_megabytes * 1e6 / 4)), device=device)
+    array_bytes = array.numel() * array.element_size()
+    model_bytes = weight_bytes(model) if model_bytes is None else model_bytes
+    d_head = model.config.d_model // model.config.n_heads
+    cache_bytes = kv_bytes_per_token(model.config.n_layers, model.config.n_heads, d_head, array.element_size())
+    mean_context = context_tokens + (steps + 1) / 2  # the positions attended over, averaged over the steps
+    rows = []
+    for batch in batch_sizes:
+        cache = prefilled_cache(model, batch, context_tokens, context_tokens + steps)
+        tokens = random_prompt(1, model.config.vocab_size, batch).to(device)
+        step_seconds, read_seconds = [], []
+        for attempt in range(repeats + 1):
+            _synchronize(device)
+            started = time.perf_counter()
+            array.sum()
+            _synchronize(device)
+            read = time.perf_counter() - started
+            cache.length = context_tokens  # rewind: the next steps overwrite the positions after it
+            for _ in range(steps):
+                started = time.perf_counter()
+                model(tokens, cache=cache)
+                _synchronize(device)
+                if attempt:  # the first round warms up
+                    step_seconds.append(time.perf_counter() - started)
+            if attempt:
+                read_seconds.append(read)
+        del cache
+        seconds, bandwidth = float(np.median(step_seconds)), array_bytes / float(np.median(read_seconds))
+        bound = memory_bound_tokens_per_second(model_bytes, bandwidth, batch, mean_context, cache_bytes)
+        rows.append({"batch": batch, "ms_per_step": 1000 * seconds, "tokens_per_second": batch / seconds,
+                     "bandwidth_bytes_per_second": bandwidth, "context_tokens": mean_context,
+                     "weights_only_bound": memory_bound_tokens_per_second(model_bytes, bandwidth, batch),
+                     "kv_aware_bound": bound, "share_of_bound": batch / seconds / bound,
+                     "bytes_per_step": model_bytes + batch * mean_context * cache_bytes})
+    return rows
+
+
+@torch.no_grad()
+def decode_in_turn(models: dict[str, GPT], context_tokens: int, steps: int, repeats: int = 3,
+                   bandwidth_megabytes: float = 512) -> dict:
+    """Milliseconds per decode step at batch 1 of each model, the models timed in turn with a memory read.
+
+    Each model gets a cache holding ``context_tokens`` positions (``prefilled_cache``); every round
+    (``time_in_turn``, one warm-up round) sums an array of ``bandwidth_megabytes`` MB and runs
+    ``steps`` decode steps of each model, so that other work on the machine slows all of them alike.
+    Returns ``{"ms_per_step": {name: ms}, "bandwidth_bytes_per_second": bytes/s of the sum}``; the models
+    must be on one device.
+    """
+    device = next(next(iter(models.values())).parameters()).device
+    array = torch.ones(max(1, int(bandwidth_megabytes * 1e6 / 4)), device=device)
+    caches = {name: prefilled_cache(model.eval(), 1, context_tokens, context_tokens + steps)
+              for name, model in models.items()}
+    token = random_prompt(1, next(iter(models.values())).config.vocab_size).to(device)
+
+    def run_steps(name: str) -> None:
+        caches[name].length = context_tokens  # rewind: the steps overwrite the positions after it
+        for _ in range(steps):
+            models[name](token, cache=caches[name])
+
+    functions = {"memory read": lambda: array.sum()} | {name: (lambda name=name: run_steps(name)) for name in models}
+    seconds = time_in_turn(functions, device, repeats)
+    return {"ms_per_step": {name: 1000 * seconds[name] / steps for name in models},
+            "bandwidth_bytes_per_second": array.numel() * array.element_size() / seconds["memory read"]}
+
+
+def decode_flops_per_token(model: GPT, context_tokens: float) -> float:
+    """Floating-point operations to decode one token: 2 per weight of the blocks and output layer (a
+    multiply and an add), plus attention's 4 × layers × context × width (scores and weighted sum).
+
+    The embedding is a lookup, not a product, so it is left out unless the output layer shares it.
+    """
+    config = model.config
+    embedding = model.token_embedding.weight.numel()
+    products = model.parameter_count() - (0 if config.tie_weights else embedding)
+    if getattr(model, "position_embedding", None) is not None:
+        products -= model.position_embedding.weight.numel()
+    return 2 * products + 4 * config.n_layers * context_tokens * config.d_model
+
+
+def bfloat16_copy(model: nn.Module) -> nn.Module:
+    """A copy with every weight (and so every activation and the KV cache) in bfloat16: half the bytes of float32."""
+    return copy.deepcopy(model).to(torch.bfloat16).eval()
+
+
+TORCHAO_VERSION = "0.18.0"  # the release the course ran; each torchao release supports a narrow range of torch versions
+
+
+def _import_torchao():
+    """torchao's ``quantize_`` and the configurations used here, or a one-line ImportError saying how to install it."""
+    try:
+        # torchao logs at import that its CUDA-only kernels cannot load (true, and harmless, on a CPU
+        # build of torch) and trips a torch deprecation notice; neither concerns the CPU paths used here.
+        quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+        levels = [logger.level for logger in quiet]
+        for logger in quiet:
+            logger.setLevel(logging.ERROR)
+        try:
+            from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+            from torchao.quantization import Int8WeightOnlyConfig, quantize_
+        finally:
+            for logger, level in zip(quiet, levels):
+                logger.setLevel(level)
+    except ImportError as error:
+        raise ImportError(f"torchao's weight-only quantisation is not available ({error}): "
+                          f"pip install torchao=={TORCHAO_VERSION} (for torch {torch.__version__.split('+')[0]}; "
+                          "other torch versions need their own torchao release)") from None
+    return quantize_, Int8WeightOnlyConfig, PrototypeInt4WeightOnlyConfig
+
+
+def torchao_weight_only_copy(model: nn.Module, bits: int, group_size: int = 128) -> nn.Module:
+    """A copy whose transformer blocks' linear layers hold torchao weight-only int8 or int4 weights (on the CPU).
+
+    Weight-only: the weights are stored in ``bits`` bits with scales, the activations stay in floating
+    point, and the layer turns the weights back into floating point to multiply. int8 keeps one scale
+    per output row (``Int8WeightOnlyConfig``); int4 keeps one scale and zero point per ``group_size``
+    weights of a row and runs PyTorch's CPU int4 kernel (``_weight_int4pack_mm_for_cpu``, torchao's
+    ``PrototypeInt4WeightOnlyConfig``), which takes bfloat16 activations, so the int4 copy is in
+    bfloat16 elsewhere. The output layer (tied to the embedding) and the embedding stay as they are.
+    Needs the optional ``torchao`` package (one-line ImportError without it).
+    """
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits}")
+    quantize_, Int8WeightOnlyConfig, PrototypeInt4WeightOnlyConfig = _import_torchao()
+    quantised = copy.deepcopy(model).cpu().eval()
+    if bits == 4:
+        quantised = quantised.to(torch.bfloat16)
+    config = Int8WeightOnlyConfig() if bits == 8 else PrototypeInt4WeightOnlyConfig(group_size=group_size)
+    in_blocks = lambda module, name: isinstance(module, nn.Linear) and name.startswith("blocks.")  # noqa: E731
+    quantize_(quantised, config, filter_fn=in_blocks)
+    # torchao leaves a layer whose shape its kernel cannot take (int4: width not a multiple of group_size) as it
+    # was, without an error; a copy that is partly float must not be reported as int4, so that is checked here.
+    for name, module in quantised.named_modules():
+        if name.startswith("blocks.") and isinstance(module, nn.Linear) and type(module.weight) in (torch.Tensor, nn.Parameter):
+            raise ValueError(f"torchao left {name} ({module.in_features} → {module.out_features}) unquantised at "
+                             f"{bits} bits with group_size {group_size}: widths must be multiples of it")
+    return quantised
+
+
+@torch.no_grad()
+def relative_logit_error(reference: nn.Module, other: nn.Module, tokens: torch.Tensor) -> float:
+    """||other's logits − reference's|| / ||reference's logits|| on ``tokens`` (batch, n), both on the CPU in float32."""
+    expected = reference(tokens).float()
+    return float((other(tokens).float() - expected).norm() / expected.norm())
+
+
 def int8_copy(model: nn.Module) -> nn.Module:
     """A copy whose linear layers hold int8 weights and quantise their inputs on the fly (dynamic quantisation).
 
@@ -171,8 +414,6 @@ def int8_copy(model: nn.Module) -> nn.Module:
     this eager-mode API as deprecated in favour of the ``torchao`` package, but it still runs on
     every CPU build the course supports, so its warnings are silenced here.
     """
-    import copy
-
     from torch.ao.quantization import quantize_dynamic
 
     with warnings.catch_warnings():

@@ -86,6 +86,10 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
         # classifier_*: Lab 4's intent classifier if none was saved (None = the whole split).
         # cpu_threads: the torch threads the lab times with on a CPU (None = torch's default).
         # bench_*: the model `python -m llmlab.bench generate` times (random weights: speed does not depend on them).
+        # large_*: a random GPT whose weights are far larger than the caches (cpu: 403 MB in float32), timed at batch 1
+        # and against the batch with large_context positions in each text's cache; bandwidth_megabytes: the array summed
+        # to measure the memory bandwidth; matmul_size: the square matrix product that measures the arithmetic rate;
+        # quant_*: the decode steps that time its float32, bfloat16, int8 and int4 copies (on the CPU).
         "smoke": dict(
             cpu_threads=1, sample_characters=40, beam_width=3, beam_tokens=12, exercise_tokens=16,
             speed_prompt=8, speed_lengths=[8, 16], speed_repeats=1,
@@ -95,6 +99,8 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
             classifier_train_per_intent=3, classifier_test_size=150, classifier_latency_texts=16,
             bench_vocab=65, bench_d_model=64, bench_heads=4, bench_layers=2, bench_prompt=16, bench_new_tokens=[16, 32],
             bench_repeats=1,
+            large_d_model=128, large_heads=4, large_layers=2, large_context=16, large_batches=[1, 2], large_steps=2,
+            large_repeats=1, bandwidth_megabytes=4, matmul_size=128, quant_steps=2, quant_repeats=1,
         ),
         "cpu": dict(
             cpu_threads=1, sample_characters=200, beam_width=4, beam_tokens=30, exercise_tokens=40,
@@ -105,6 +111,8 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
             classifier_train_per_intent=None, classifier_test_size=None, classifier_latency_texts=64,
             bench_vocab=65, bench_d_model=128, bench_heads=4, bench_layers=3, bench_prompt=16, bench_new_tokens=[64, 256, 512, 1024],
             bench_repeats=3,
+            large_d_model=1024, large_heads=16, large_layers=8, large_context=512, large_batches=[1, 2, 4, 8, 16, 32],
+            large_steps=4, large_repeats=3, bandwidth_megabytes=512, matmul_size=1024, quant_steps=8, quant_repeats=3,
         ),
         "gpu": dict(
             cpu_threads=None, sample_characters=400, beam_width=4, beam_tokens=60, exercise_tokens=100,
@@ -115,6 +123,9 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
             classifier_train_per_intent=None, classifier_test_size=None, classifier_latency_texts=64,
             bench_vocab=65, bench_d_model=384, bench_heads=6, bench_layers=6, bench_prompt=16, bench_new_tokens=[64, 256, 512, 1024],
             bench_repeats=3,
+            # 1.6 GB of float32 weights: 5 ms a step to read them at a T4's datasheet 320 GB/s
+            large_d_model=2048, large_heads=16, large_layers=8, large_context=1024, large_batches=[1, 4, 16, 32, 64],
+            large_steps=8, large_repeats=3, bandwidth_megabytes=2000, matmul_size=4096, quant_steps=4, quant_repeats=3,
         ),
     },
     "06_business": {

@@ -84,6 +84,118 @@ def test_int8_copy_keeps_the_outputs_close_shrinks_the_file_and_leaves_the_origi
     assert generate(quantised, tokens[0, :5], 10, inference.GREEDY, use_cache=True).shape == (15,)
 
 
+# --- the machine's roofs, and decoding a model larger than the caches ---------------------------------------
+
+
+def test_read_bandwidth_is_measured_and_says_how():
+    measured = inference.measure_read_bandwidth(megabytes=8, repeats=2)
+    assert measured["bytes_per_second"] > 0 and measured["megabytes"] == pytest.approx(8, rel=1e-6)
+    assert measured["bytes_per_second"] == pytest.approx(8e6 / measured["seconds"], rel=1e-9)
+    assert "torch.sum" in measured["method"] and "8 MB" in measured["method"] and "thread" in measured["method"]
+    for bad in ({"megabytes": 0}, {"repeats": 0}):
+        with pytest.raises(ValueError, match="positive megabytes"):
+            inference.measure_read_bandwidth(**bad)
+
+
+def test_matmul_rate_is_positive_and_caches_are_read_where_linux_reports_them():
+    assert inference.measure_matmul_flops(64, repeats=2) > 0
+    with pytest.raises(ValueError, match="size >= 1"):
+        inference.measure_matmul_flops(0)
+    cache = inference.largest_cpu_cache_bytes()
+    assert cache is None or cache >= 1024
+
+
+def test_weight_bytes_count_a_tied_matrix_once_and_flops_per_token_by_hand():
+    model = tiny_gpt()  # vocab 17, width 64, 2 layers, no biases, output tied to the embedding
+    per_layer = 4 * 64 * 64 + 2 * 4 * 64 * 64 + 2 * 64                   # q, k, v, out; up and down; 2 LayerNorms
+    parameters = 17 * 64 + 2 * per_layer + 64                             # embedding (= output layer), final norm
+    assert model.parameter_count() == parameters
+    assert inference.weight_bytes(model) == 4 * parameters
+    assert inference.weight_bytes(model.to(torch.bfloat16)) == 2 * parameters
+    # 2 operations per weight (the tied embedding is the output product) + 4 × layers × context × width
+    assert inference.decode_flops_per_token(tiny_gpt(), 10) == 2 * parameters + 4 * 2 * 10 * 64
+
+
+def test_prefilled_cache_holds_the_context_and_decodes_from_there():
+    model = tiny_gpt()
+    cache = inference.prefilled_cache(model, batch=2, context_tokens=5, max_tokens=8)
+    assert cache.length == 5 and cache.keys.shape[1] == 2
+    assert cache.keys[:, :, :, :5].abs().sum() > 0 and cache.keys[:, :, :, 5:].abs().sum() == 0
+    with torch.no_grad():
+        logits = model(torch.zeros(2, 1, dtype=torch.long), cache=cache)
+    assert logits.shape == (2, 1, 17) and torch.isfinite(logits).all() and cache.length == 6
+    with pytest.raises(ValueError, match="context_tokens < max_tokens"):
+        inference.prefilled_cache(model, 1, 8, 8)
+
+
+def test_decode_sweep_reports_each_batch_against_the_kv_aware_bound():
+    model = tiny_gpt(context=40)
+    rows = inference.decode_sweep(model, [1, 3], context_tokens=20, steps=3, repeats=2, bandwidth_megabytes=2)
+    assert [row["batch"] for row in rows] == [1, 3]
+    kv = inference.kv_bytes_per_token(2, 4, 16, 4)                          # float32 keys and values
+    assert kv == 2 * 2 * 4 * 16 * 4 == 1024
+    for row in rows:
+        assert row["context_tokens"] == 20 + (3 + 1) / 2                   # steps attend over 21, 22 and 23 positions
+        assert row["tokens_per_second"] == pytest.approx(row["batch"] * 1000 / row["ms_per_step"])
+        by_hand = row["batch"] * row["bandwidth_bytes_per_second"] / (inference.weight_bytes(model)
+                                                                          + row["batch"] * 22 * kv)
+        assert row["kv_aware_bound"] == pytest.approx(by_hand, rel=1e-12)
+        assert row["kv_aware_bound"] < row["weights_only_bound"]
+        assert row["share_of_bound"] == pytest.approx(row["tokens_per_second"] / row["kv_aware_bound"])
+    given = inference.decode_sweep(model, [1], 20, 1, 1, 2, model_bytes=1e6)[0]
+    assert given["bytes_per_step"] == pytest.approx(1e6 + 21 * kv)
+    with pytest.raises(ValueError, match="batch sizes >= 1"):
+        inference.decode_sweep(model, [0], 20, 3)
+
+
+def test_decode_in_turn_times_every_model_and_the_memory_read():
+    models = {"float32": tiny_gpt(), "bfloat16": inference.bfloat16_copy(tiny_gpt())}
+    timed = inference.decode_in_turn(models, context_tokens=8, steps=2, repeats=1, bandwidth_megabytes=2)
+    assert set(timed["ms_per_step"]) == {"float32", "bfloat16"} and all(ms > 0 for ms in timed["ms_per_step"].values())
+    assert timed["bandwidth_bytes_per_second"] > 0
+    assert models["bfloat16"].token_embedding.weight.dtype == torch.bfloat16
+
+
+def test_relative_logit_error_is_zero_for_the_same_model_and_small_for_bfloat16():
+    model, tokens = tiny_gpt(), torch.randint(0, 17, (1, 12), generator=torch.Generator().manual_seed(2))
+    assert inference.relative_logit_error(model, model, tokens) == 0
+    assert 0 < inference.relative_logit_error(model, inference.bfloat16_copy(model), tokens) < 0.05
+
+
+def test_torchao_weight_only_copies_hold_quantised_weights_or_refuse():
+    pytest.importorskip("torchao")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=17, context=40, d_model=128, n_heads=4, n_layers=1, rotary=True, bias=False)).eval()
+    tokens = torch.randint(0, 17, (1, 12), generator=torch.Generator().manual_seed(3))
+    for bits, tolerance in ((8, 0.05), (4, 0.5)):
+        quantised = inference.torchao_weight_only_copy(model, bits)
+        assert type(quantised.blocks[0].mlp.up.weight) not in (torch.Tensor, nn.Parameter)
+        assert type(model.blocks[0].mlp.up.weight) is nn.Parameter              # the original is untouched
+        assert 0 < inference.relative_logit_error(model, quantised, tokens) < tolerance
+    assert inference.saved_megabytes(inference.torchao_weight_only_copy(model, 8)) < 0.5 * inference.saved_megabytes(model)
+    narrow = GPT(GPTConfig(vocab_size=17, context=40, d_model=96, n_heads=3, n_layers=1, rotary=True, bias=False))
+    with pytest.raises(ValueError, match=r"unquantised at 4 bits with group_size 64: widths must be multiples"):
+        inference.torchao_weight_only_copy(narrow, 4, group_size=64)              # torchao skips width 96 silently
+    with pytest.raises(ValueError, match="bits must be 4 or 8"):
+        inference.torchao_weight_only_copy(model, 2)
+
+
+def test_without_torchao_the_copy_says_how_to_install_it(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torchao(name, *args, **kwargs):
+        if name.startswith("torchao"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchao)
+    with pytest.raises(ImportError, match=r"pip install torchao==0\.18\.0") as raised:
+        inference.torchao_weight_only_copy(tiny_gpt(), 8)
+    assert "\n" not in str(raised.value)
+
+
 def test_ms_per_token_and_speed_rows_measure_each_length():
     model = tiny_gpt()
     assert inference.ms_per_token(model, 4, 6, use_cache=True, repeats=1) > 0
