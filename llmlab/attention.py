@@ -143,22 +143,28 @@ class KVCache:
     def memory_bytes(self) -> int:
         return 2 * self.keys.numel() * self.keys.element_size()
 
-    def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Write one layer's keys and values for the new tokens; return all of them so far and the attention mask.
+    def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Write one layer's keys and values for the new tokens; return all of them so
+        far and the attention mask.
 
-        The mask (batch, 1, new, all) lets each new query see earlier and its own positions,
-        never padding; ``None`` when there is nothing to hide (one new token, no padding).
+        The mask (batch, 1, new, all) lets each new query see earlier and its own
+        positions, never padding; ``None`` when there is nothing to hide (one new token,
+        no padding).
         """
         start, n = self.length, keys.shape[-2]
         end = start + n
         if end > self.max_tokens:
-            raise ValueError(f"the KV cache holds {self.max_tokens} positions; {end} were asked for")
+            raise ValueError(
+                f"the KV cache holds {self.max_tokens} positions; {end} were asked for")
         self.keys[layer, :, :, start:end] = keys
         self.values[layer, :, :, start:end] = values
         mask = None
         if n > 1 or self.is_padding[:, :end].any():
-            mask = causal_mask(n, end, device=keys.device) & ~self.is_padding[:, None, None, :end]
-            # a padding query may attend to itself, so that no row of the softmax is empty (which would give NaN)
+            mask = (causal_mask(n, end, device=keys.device)
+                    & ~self.is_padding[:, None, None, :end])
+            # a padding query may attend to itself, so that no row of the softmax is
+            # empty (which would give NaN)
             mask[..., torch.arange(n), torch.arange(start, end)] = True
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end], mask
 

@@ -31,8 +31,10 @@ def _unique_model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def save_checkpoint(path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, step: int = 0,
-                    rng: dict[str, torch.Tensor] | None = None, metadata: dict | None = None) -> Path:
+def save_checkpoint(path, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None, step: int = 0,
+                    rng: dict[str, torch.Tensor] | None = None,
+                    metadata: dict | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = _unique_model_tensors(model)
@@ -41,11 +43,13 @@ def save_checkpoint(path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
         state = optimizer.state_dict()
         for index, slots in state["state"].items():
             for slot, value in slots.items():
-                tensors[f"{_OPTIMIZER}{index}.{slot}"] = torch.as_tensor(value).detach().contiguous().cpu()
+                tensors[f"{_OPTIMIZER}{index}.{slot}"] = (
+                    torch.as_tensor(value).detach().contiguous().cpu())
         optimizer_header = state["param_groups"]
     for name, value in (rng or {}).items():
         tensors[_RNG + name] = value.contiguous().cpu()
-    header = {"step": step, "optimizer_param_groups": optimizer_header, "metadata": metadata or {}}
+    header = {"step": step, "optimizer_param_groups": optimizer_header,
+              "metadata": metadata or {}}
     temporary = path.with_name(path.name + ".partial")
     save_file(tensors, str(temporary), metadata={"llmlab": json.dumps(header)})
     os.replace(temporary, path)

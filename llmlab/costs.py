@@ -22,9 +22,13 @@ def transformer_matrix_parameters(n_layers: int, d_model: int, vocab_size: int) 
 
 
 def training_flops(parameters: float, tokens: float) -> float:
-    """C ≈ 6·N·D: about 2 FLOPs per parameter per token forward and 4 backward (Kaplan et al. 2020, §2.1)."""
+    """C ≈ 6·N·D: about 2 FLOPs per parameter per token forward and 4 backward.
+
+    Kaplan et al. 2020, §2.1.
+    """
     if parameters <= 0 or tokens <= 0:
-        raise ValueError(f"parameters and tokens must be positive, got {parameters} and {tokens}")
+        raise ValueError(
+            f"parameters and tokens must be positive, got {parameters} and {tokens}")
     return 6.0 * parameters * tokens
 
 
@@ -36,7 +40,10 @@ def compute_optimal_tokens(parameters: float, tokens_per_parameter: float = 20.0
 
 
 def gpu_hours(flops: float, peak_flops_per_second: float, utilisation: float) -> float:
-    """Hours of one accelerator delivering ``utilisation`` × its peak (model FLOPs utilisation, MFU)."""
+    """Hours of one accelerator delivering ``utilisation`` × its peak.
+
+    ``utilisation`` is the model FLOPs utilisation (MFU).
+    """
     if not 0 < utilisation <= 1:
         raise ValueError(f"utilisation is a fraction in (0, 1], got {utilisation}")
     return flops / (peak_flops_per_second * utilisation) / 3600.0
@@ -53,10 +60,15 @@ def training_cost(flops: float, peak_flops_per_second: float, utilisation: float
 PEAK_DENSE_FLOPS = {"T4 (fp16)": 65e12, "A100 (bf16)": 312e12, "H100 SXM (bf16)": 989e12}
 
 
-def compute_optimal_parameters(flops: float, tokens_per_parameter: float = 20.0) -> float:
-    """The model size that spends ``flops`` compute-optimally: C = 6·N·(k·N), so N = sqrt(C / 6k)."""
+def compute_optimal_parameters(flops: float,
+                               tokens_per_parameter: float = 20.0) -> float:
+    """The model size that spends ``flops`` compute-optimally.
+
+    C = 6·N·(k·N), so N = sqrt(C / 6k).
+    """
     if flops <= 0 or tokens_per_parameter <= 0:
-        raise ValueError(f"flops and tokens_per_parameter must be positive, got {flops} and {tokens_per_parameter}")
+        raise ValueError("flops and tokens_per_parameter must be positive, "
+                         f"got {flops} and {tokens_per_parameter}")
     return (flops / (6.0 * tokens_per_parameter)) ** 0.5
 
 
@@ -99,13 +111,15 @@ def cost_table(requests_per_month: float, tokens_per_request: dict[str, tuple[fl
 
 
 def cost_per_million_tokens(tokens_per_second: float, price_per_hour: float) -> float:
-    """Money per million generated tokens for a machine rented at ``price_per_hour`` that sustains ``tokens_per_second``.
+    """Money per million generated tokens for a machine rented at ``price_per_hour``
+    that sustains ``tokens_per_second``.
 
-    Only the machine's time is counted, at full load; idle hours, engineers and the rest of a
-    product come on top (Chapter 6).
+    Only the machine's time is counted, at full load; idle hours, engineers and the
+    rest of a product come on top (Chapter 6).
     """
     if tokens_per_second <= 0 or price_per_hour < 0:
-        raise ValueError(f"tokens_per_second must be positive and price_per_hour not negative, got {tokens_per_second} and {price_per_hour}")
+        raise ValueError("tokens_per_second must be positive and price_per_hour not "
+                         f"negative, got {tokens_per_second} and {price_per_hour}")
     return price_per_hour / (tokens_per_second * 3600) * 1e6
 
 

@@ -58,18 +58,22 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose probabilities add up to at least ``p``; -inf elsewhere.
+    """Keep the smallest set of most likely tokens whose probabilities add up to at
+    least ``p``; -inf elsewhere.
 
-    The most likely token is always kept; tokens exactly as likely as the least likely kept one
-    are kept too, so the result does not depend on how ties happen to be sorted. p = 1 keeps all.
+    The most likely token is always kept; tokens exactly as likely as the least likely
+    kept one are kept too, so the result does not depend on how ties happen to be
+    sorted. p = 1 keeps all.
     """
     if p >= 1:
         return logits
     probabilities = torch.softmax(logits.float(), dim=-1)
     sorted_probabilities, _ = torch.sort(probabilities, dim=-1, descending=True)
-    before = sorted_probabilities.cumsum(dim=-1) - sorted_probabilities  # total of the more likely tokens
+    # total of the more likely tokens
+    before = sorted_probabilities.cumsum(dim=-1) - sorted_probabilities
     in_nucleus = before < p  # a token joins while the tokens before it fall short of p
-    smallest_kept = sorted_probabilities.masked_fill(~in_nucleus, float("inf")).amin(dim=-1, keepdim=True)
+    smallest_kept = sorted_probabilities.masked_fill(~in_nucleus, float("inf")).amin(
+        dim=-1, keepdim=True)
     return logits.masked_fill(probabilities < smallest_kept, float("-inf"))
 
 
@@ -83,8 +87,12 @@ def penalise_repetition(logits: torch.Tensor, previous: torch.Tensor, penalty: f
     return logits
 
 
-def next_token_logits(logits: torch.Tensor, decoding: Decoding, previous: torch.Tensor | None = None) -> torch.Tensor:
-    """The logits of the next token after every reshaping ``decoding`` asks for (float32, -inf for excluded tokens)."""
+def next_token_logits(logits: torch.Tensor, decoding: Decoding,
+                      previous: torch.Tensor | None = None) -> torch.Tensor:
+    """The logits of the next token after every reshaping ``decoding`` asks for.
+
+    Float32, with -inf for excluded tokens.
+    """
     logits = logits.float()
     if previous is not None:
         logits = penalise_repetition(logits, previous, decoding.repetition_penalty)

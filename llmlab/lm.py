@@ -64,9 +64,13 @@ def random_windows(ids: torch.Tensor, batch_size: int, length: int, generator: t
 
 
 def causal_lm_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of predicting token t+1 from positions ≤ t: logits (B, n, V) for tokens (B, n)."""
+    """Cross-entropy of predicting token t+1 from positions ≤ t.
+
+    ``logits`` is (B, n, V) for ``tokens`` (B, n).
+    """
     if logits.shape[:2] != tokens.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and tokens {tuple(tokens.shape)} must share (batch, positions)")
+        raise ValueError(f"logits {tuple(logits.shape)} and tokens "
+                         f"{tuple(tokens.shape)} must share (batch, positions)")
     return token_cross_entropy(logits[:, :-1], tokens[:, 1:])
 
 
@@ -85,22 +89,26 @@ class HeldOutLoss:
     evaluations during training.
     """
 
-    def __init__(self, ids: torch.Tensor, window: int, stride: int | None = None, max_windows: int | None = None,
-                 batch_size: int = 64):
+    def __init__(self, ids: torch.Tensor, window: int, stride: int | None = None,
+                 max_windows: int | None = None, batch_size: int = 64):
         stride = window if stride is None else stride
         if not 1 <= stride <= window:
-            raise ValueError(f"stride must be between 1 and the window ({window}), got {stride}")
+            raise ValueError(
+                f"stride must be between 1 and the window ({window}), got {stride}")
         if len(ids) <= window:
-            raise ValueError(f"the held-out text has {len(ids)} tokens, fewer than the window of {window} + 1")
+            raise ValueError(f"the held-out text has {len(ids)} tokens, "
+                             f"fewer than the window of {window} + 1")
         last_start = len(ids) - window - 1
         if max_windows is None:
             starts = torch.arange(0, last_start + 1, stride)
         else:
-            starts = torch.linspace(0, last_start, max(1, max_windows)).round().long().unique()
+            starts = torch.linspace(
+                0, last_start, max(1, max_windows)).round().long().unique()
         positions = starts[:, None] + torch.arange(window)
         self.inputs = ids[positions]
         self.targets = ids[positions + 1].clone()
-        self.targets[:, : window - stride] = -100  # predicted with less context: scored by the window before
+        # predicted with less context: scored by the window before
+        self.targets[:, : window - stride] = -100
         self.batch_size = batch_size
         self.window, self.stride = window, stride
 

@@ -20,13 +20,16 @@ from torch.nn import functional as F
 def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean of -ln p(target) in nats over every position whose target is not -100.
 
-    ``logits`` is (..., vocab) and ``targets`` (...) of token ids: a language model's (batch, n, V)
-    with (batch, n), or a classifier's (batch, classes) with (batch,). The softmax runs in float32,
-    because a softmax over a large vocabulary needs fp32's range and precision under fp16/bf16.
+    ``logits`` is (..., vocab) and ``targets`` (...) of token ids: a language model's
+    (batch, n, V) with (batch, n), or a classifier's (batch, classes) with (batch,).
+    The softmax runs in float32, because a softmax over a large vocabulary needs
+    fp32's range and precision under fp16/bf16.
     """
     if logits.shape[:-1] != targets.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} need one more (vocabulary) dimension than targets {tuple(targets.shape)}")
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
+        raise ValueError(f"logits {tuple(logits.shape)} need one more (vocabulary) "
+                         f"dimension than targets {tuple(targets.shape)}")
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                           targets.reshape(-1), ignore_index=-100)
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> float:

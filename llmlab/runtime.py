@@ -56,7 +56,10 @@ class Precision:
 
 
 def pick_precision(device: torch.device) -> Precision:
-    """bf16 on GPUs of compute capability ≥ 8.0; fp16 + loss scaling below (a T4 is 7.5 and has no fast bf16); fp32 elsewhere."""
+    """bf16 on GPUs of compute capability ≥ 8.0; fp16 + loss scaling below; else fp32.
+
+    A T4 is 7.5 and has no fast bf16.
+    """
     if device.type != "cuda":
         return Precision(None, False)
     major, _ = torch.cuda.get_device_capability(device)
