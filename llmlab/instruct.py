@@ -292,14 +292,15 @@ def customer_item_counts(conversations: Sequence[list[dict]]) -> dict[str, Count
 
 
 def swap_item(reply: str, history: Sequence[dict], generator: np.random.Generator,
-              item_counts: dict[str, Counter]) -> tuple[str, tuple[str, str, str]] | None:
+              item_counts: dict[str, Counter], avoid: Sequence[str] = ()) -> tuple[str, tuple[str, str, str]] | None:
     """The reply with the first menu item the customer asked for replaced by another of its kind, or None if it names none.
 
     The replacement is drawn with ``generator`` among the items of the same kind that neither the
     customer nor the reply names, with probability proportional to how often customers order
     each (``item_counts``): the rejected reply then names items as common as the chosen one does,
     so a model that ignores what the customer said prefers neither. It takes the original's
-    capitalisation and plural ending. Returns (rejected reply, (kind, original, replacement)).
+    capitalisation and plural ending; no replacement in ``avoid`` is drawn (None when none is left).
+    Returns (rejected reply, (kind, original, replacement)).
     """
     asked = {name for message in history if message["role"] == "user" for _, name, _, _ in menu_items(message["content"])}
     named = menu_items(reply)
@@ -308,7 +309,7 @@ def swap_item(reply: str, history: Sequence[dict], generator: np.random.Generato
         return None
     kind, original, _, _ = target
     candidates = [name for name in MENU[kind] if name not in asked and name not in {n for _, n, _, _ in named}
-                  and original not in name and name not in original and item_counts[kind][name] > 0]
+                  and original not in name and name not in original and item_counts[kind][name] > 0 and name not in avoid]
     if not candidates:
         return None
     weights = np.array([item_counts[kind][name] for name in candidates], dtype=float)
@@ -323,26 +324,37 @@ def swap_item(reply: str, history: Sequence[dict], generator: np.random.Generato
     return rejected, (kind, original, replacement)
 
 
-def preference_pairs(conversations: Sequence[list[dict]], seed: int = 0, item_counts: dict[str, Counter] | None = None) -> list[dict]:
+def preference_pairs(conversations: Sequence[list[dict]], seed: int = 0, item_counts: dict[str, Counter] | None = None,
+                     per_reply: int = 1) -> list[dict]:
     """Preference pairs from real dialogs: for every assistant reply that names a menu item the customer asked for,
     chosen = the real reply, rejected = the same reply with that item swapped for another (``swap_item``).
 
     The two replies differ only in whether the barista listened; the preference is the customer's
     own order, not anyone's taste. ``item_counts`` (default: counted in ``conversations``) sets
-    how often each replacement is drawn. Each pair: ``prompt`` (the messages before the reply),
-    ``chosen``, ``rejected`` and ``swap`` (kind, original, replacement).
+    how often each replacement is drawn. ``per_reply`` > 1 makes up to that many pairs of each such
+    reply, each with another replacement: more pairs to measure on, but pairs of one reply share its
+    prompt and chosen side, so they are not independent (``reply`` numbers the replies, to group them).
+    Each pair: ``prompt`` (the messages before the reply), ``chosen``, ``rejected``, ``swap``
+    (kind, original, replacement) and ``reply``.
     """
+    if per_reply < 1:
+        raise ValueError(f"per_reply must be at least 1, got {per_reply}")
     generator = np.random.default_rng(seed)
     item_counts = item_counts if item_counts is not None else customer_item_counts(conversations)
-    pairs = []
+    pairs, replies = [], 0
     for messages in conversations:
         for index, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            swapped = swap_item(message["content"], messages[:index], generator, item_counts)
-            if swapped is not None:
+            used: list[str] = []
+            for _ in range(per_reply):
+                swapped = swap_item(message["content"], messages[:index], generator, item_counts, avoid=used)
+                if swapped is None:
+                    break
+                used.append(swapped[1][2])
                 pairs.append({"prompt": list(messages[:index]), "chosen": message["content"], "rejected": swapped[0],
-                              "swap": swapped[1]})
+                              "swap": swapped[1], "reply": replies})
+            replies += bool(used)
     return pairs
 
 
@@ -370,11 +382,28 @@ def shifted_token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple
     return picked * counted, counted
 
 
-def response_log_probs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed log-probability of each row's labelled tokens (a whole response) under ``model``: shape (batch,)."""
+def summed_log_probs(logits: torch.Tensor, input_ids: torch.Tensor, assistant_mask: torch.Tensor) -> torch.Tensor:
+    """log π(reply | prompt) of each row: the sum, over the tokens marked in ``assistant_mask``, of the log-probability
+    the model gave that token from the tokens before it; shape (batch,).
+
+    The one-position shift: the logits at position t predict the token at t + 1, so token t + 1 is
+    scored by ``log_softmax(logits[:, t])`` and counted where ``assistant_mask[:, t + 1]`` is 1 (the
+    mask moves with the token it marks). Low-precision logits are scored in float32.
+    """
+    scored = logits[:, :-1]
+    scored = scored.float() if scored.dtype in (torch.float16, torch.bfloat16) else scored
+    picked = torch.log_softmax(scored, dim=-1).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return (picked * assistant_mask[:, 1:].to(picked.dtype)).sum(-1)
+
+
+def response_log_probs(model, batch: dict[str, torch.Tensor], score=summed_log_probs) -> torch.Tensor:
+    """Summed log-probability of each row's labelled tokens (a whole response) under ``model``: shape (batch,).
+
+    ``score(logits, input_ids, assistant_mask)`` does the summing (``summed_log_probs``, or a learner's
+    exercise 04b.4); the labelled tokens are those whose label is not -100.
+    """
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    picked, _ = shifted_token_log_probs(logits, batch["labels"])
-    return picked.sum(-1)
+    return score(logits, batch["input_ids"], (batch["labels"] != IGNORE).long())
 
 
 def batches(dataset, collator, batch_size: int, device: torch.device):
@@ -434,3 +463,41 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
     half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
     return float(centre - half), float(centre + half)
+
+
+def most_common_reply(conversations: Sequence[list[dict]]) -> str:
+    """The barista reply that occurs most often in ``conversations`` (ties: the first met): the constant-reply floor."""
+    counts = Counter(reply for _, reply in reply_prompts(conversations))
+    if not counts:
+        raise ValueError("no assistant replies in these conversations")
+    return counts.most_common(1)[0][0]
+
+
+def judged_rates(judged: Sequence[dict[str, bool]]) -> dict[str, tuple[int, int]]:
+    """(successes, trials) of each part of ``reply_is_right`` ("finished", "same_step", "no_unrequested_item") and of
+    "right", over the judged replies: what a table with Wilson intervals needs."""
+    if not judged:
+        raise ValueError("no judged replies")
+    return {part: (sum(bool(j[part]) for j in judged), len(judged))
+            for part in ("right", "finished", "same_step", "no_unrequested_item")}
+
+
+def grouped_bootstrap_difference(before: Sequence[bool], after: Sequence[bool], groups: Sequence[int],
+                                 resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(change, low, high): the change of a rate from ``before`` to ``after``, measured on the same items, and its 95 %
+    bootstrap interval when whole groups (items that share a reply, say) are resampled together.
+
+    Wilson intervals treat items as independent; items of one group are not, and resampling the
+    groups keeps that dependence, so this interval is the honest one for several pairs per reply.
+    """
+    before, after, groups = np.asarray(before, float), np.asarray(after, float), np.asarray(groups)
+    if not (len(before) == len(after) == len(groups)) or len(before) == 0:
+        raise ValueError(f"before, after and groups must be equally long and not empty; got {len(before)}, {len(after)}, "
+                         f"{len(groups)}")
+    names, index = np.unique(groups, return_inverse=True)
+    change_by_group = np.bincount(index, weights=after - before, minlength=len(names))
+    size_by_group = np.bincount(index, minlength=len(names)).astype(float)
+    draws = np.random.default_rng(seed).integers(len(names), size=(resamples, len(names)))
+    changes = change_by_group[draws].sum(1) / size_by_group[draws].sum(1)
+    low, high = np.percentile(changes, [2.5, 97.5])
+    return float((after - before).mean()), float(low), float(high)

@@ -26,7 +26,7 @@ import torch
 
 from llmlab.instruct import (
     CHAT_TEMPLATE, SPECIAL_TOKENS, ChatCollator, ConversationTooLong, assistant_token_loss, batches, dpo_loss, encode_conversation,
-    preference_scores, reply_is_right, response_log_probs,
+    judged_rates, preference_scores, reply_is_right, response_log_probs, summed_log_probs,
 )
 from llmlab.metrics import token_cross_entropy
 from llmlab.progress import tqdm
@@ -159,6 +159,12 @@ def load_base_model(name: str, device: torch.device | str = "cpu"):
     return load_causal_lm(name, device)
 
 
+def lab_precision(settings: dict, device: torch.device) -> Precision:
+    """The precision every step of the lab runs in: ``pick_precision(device)``, or float32 where the preset says
+    ``fp32_only`` (Qwen2 models overflow float16, and a T4 has no fast bfloat16)."""
+    return Precision(None, False) if settings.get("fp32_only") else pick_precision(device)
+
+
 # --- what training costs ------------------------------------------------------------------------------------
 
 
@@ -273,7 +279,7 @@ def sft_train(model, train_data, collator: ChatCollator, settings: dict, learnin
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.trainer_utils import get_last_checkpoint
 
-    precision = precision or pick_precision(device)
+    precision = precision or lab_precision(settings, device)
     steps = math.ceil(len(train_data) / settings["sft_batch_size"]) * settings["sft_epochs"]
     micro, accumulation = micro_batches(settings["sft_batch_size"], settings.get("sft_micro_batch_size"), "sft")
     checkpointing = bool(settings.get("gradient_checkpointing", False))
@@ -321,12 +327,14 @@ def sft_train(model, train_data, collator: ChatCollator, settings: dict, learnin
 
 
 def encode_pairs(tokenizer, pairs: list[dict], max_length: int) -> tuple[list[dict], int]:
-    """Each pair's chosen and rejected conversation encoded with only the final reply marked; (encoded, skipped as too long)."""
+    """Each pair's chosen and rejected conversation encoded with only the final reply marked, and the pair's ``reply``
+    (which reply it was made from, for grouping); (encoded, skipped as too long)."""
     encoded, skipped = [], 0
-    for pair in pairs:
+    for number, pair in enumerate(pairs):
         try:
             encoded.append({side: encode_conversation(tokenizer, pair["prompt"] + [{"role": "assistant", "content": pair[side]}],
-                                                      max_length, last_only=True) for side in ("chosen", "rejected")})
+                                                      max_length, last_only=True) for side in ("chosen", "rejected")}
+                           | {"reply": pair.get("reply", number)})
         except ConversationTooLong:
             skipped += 1
     return encoded, skipped
@@ -334,33 +342,40 @@ def encode_pairs(tokenizer, pairs: list[dict], max_length: int) -> tuple[list[di
 
 @torch.no_grad()
 def pair_log_probs(model, encoded_pairs: list[dict], collator: ChatCollator, batch_size: int, device: torch.device,
-                   precision: Precision | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probabilities of each pair's chosen and rejected reply under ``model``: two tensors of shape (pairs,)."""
+                   precision: Precision | None = None, score=summed_log_probs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probabilities of each pair's chosen and rejected reply under ``model``: two tensors of shape (pairs,).
+
+    ``score(logits, input_ids, assistant_mask)`` sums them (``llmlab.instruct.summed_log_probs``, or the learner's 04b.4).
+    """
     model.eval()
     precision = precision or pick_precision(device)
     scores = {}
     for side in ("chosen", "rejected"):
         rows = [pair[side] for pair in encoded_pairs]
         with autocast(device, precision):
-            scores[side] = torch.cat([response_log_probs(model, batch).float().cpu() for batch in batches(rows, collator, batch_size, device)])
+            scores[side] = torch.cat([response_log_probs(model, batch, score).float().cpu()
+                                      for batch in batches(rows, collator, batch_size, device)])
     return scores["chosen"], scores["rejected"]
 
 
 DPO_EVALUATION_PAIRS = 64  # training pairs on which dpo_train follows the implicit reward while it trains
+DPO_EVALUATIONS = 10  # how many times during the run (and at its end) dpo_train records them
 
 
 def dpo_train(policy, encoded_pairs: list[dict], reference_chosen: torch.Tensor, reference_rejected: torch.Tensor,
               collator: ChatCollator, settings: dict, device: torch.device, checkpoint_path=None, seed: int = 0,
-              loss=dpo_loss) -> History:
+              loss=dpo_loss, score=summed_log_probs) -> History:
     """Direct preference optimisation of ``policy`` with the course's loop; the reference's log-probabilities are given.
 
     Each step draws ``dpo_batch_size`` pairs, scores their chosen and rejected replies in one
     batch and minimises ``loss`` (by default ``llmlab.instruct.dpo_loss``; the lab passes the
-    learner's). The reference model is not needed while training: its log-probabilities on the
-    fixed pairs never change, so they are computed once. Five times during the run (and at the
+    learner's); ``score`` sums each reply's log-probability (``llmlab.instruct.summed_log_probs``, or
+    the learner's). The reference model is not needed while training: its log-probabilities on the
+    fixed pairs never change, so they are computed once. ``DPO_EVALUATIONS`` times during the run (and at the
     end) the history records, on the first ``DPO_EVALUATION_PAIRS`` pairs, the share whose implicit
-    reward margin β[(log π − log π_ref)(chosen) − (log π − log π_ref)(rejected)] is positive and the
-    mean of that margin; its ``eval_seconds`` hold the training seconds, a resumed run's included.
+    reward margin β[(log π − log π_ref)(chosen) − (log π − log π_ref)(rejected)] is positive, the
+    mean of that margin, and the policy's mean summed log-probability of the chosen and of the rejected
+    replies (to see which side moved); its ``eval_seconds`` hold the training seconds, a resumed run's included.
     With ``checkpoint_path`` a re-run resumes from the checkpoint. ``dpo_micro_batch_size`` (pairs, optional) splits
     each step's pairs into micro-batches whose gradients add up (gradient accumulation), and ``gradient_checkpointing``
     (optional) recomputes each layer in the backward pass: both lower the GPU memory, and neither changes what is computed
@@ -384,22 +399,25 @@ def dpo_train(policy, encoded_pairs: list[dict], reference_chosen: torch.Tensor,
         return batch
 
     def loss_fn(model, batch):
-        log_probs = response_log_probs(model, batch)
+        log_probs = response_log_probs(model, batch, score)
         reference, pairs = batch["reference"], len(batch["reference"]) // 2
         # the mean over this micro-batch's pairs; train() divides by `accumulation`: the mean over the step's pairs
         return loss(log_probs[:pairs], log_probs[pairs:], reference[:pairs], reference[pairs:], beta)
 
     def evaluate():
-        margins = []
+        margins, chosen_sums, rejected_sums = [], [], []
         for start in range(0, len(watched), micro):  # no larger batch than training's, so no higher peak either
             rows = watched[start:start + micro]
             batch = {key: value.to(device) for key, value in
                      collator([encoded_pairs[i]["chosen"] for i in rows] + [encoded_pairs[i]["rejected"] for i in rows]).items()}
-            log_probs = response_log_probs(policy, batch).float().cpu()
+            log_probs = response_log_probs(policy, batch, score).float().cpu()
+            chosen_sums.append(log_probs[:len(rows)])
+            rejected_sums.append(log_probs[len(rows):])
             chosen, rejected = log_probs[:len(rows)] - reference_chosen[rows], log_probs[len(rows):] - reference_rejected[rows]
             margins.append(beta * (chosen - rejected))
         margins = torch.cat(margins)
-        return {"pair accuracy": (margins > 0).float().mean().item(), "reward margin": margins.mean().item()}
+        return {"pair accuracy": (margins > 0).float().mean().item(), "reward margin": margins.mean().item(),
+                "chosen log-prob": torch.cat(chosen_sums).mean().item(), "rejected log-prob": torch.cat(rejected_sums).mean().item()}
 
     checkpointing = bool(settings.get("gradient_checkpointing", False))
     if checkpointing:  # keep only each layer's input and recompute the rest during the backward pass
@@ -408,11 +426,13 @@ def dpo_train(policy, encoded_pairs: list[dict], reference_chosen: torch.Tensor,
         # Neither the micro-batch nor checkpointing changes what is computed, so neither is in run_settings: a checkpoint
         # written with one resumes with another.
         return train(policy, next_batch, steps=steps, learning_rate=settings["dpo_learning_rate"], device=device,
-                     loss_fn=loss_fn, weight_decay=0.0, description="DPO", evaluate=evaluate, eval_every=max(1, steps // 5),
+                     precision=lab_precision(settings, device), loss_fn=loss_fn, weight_decay=0.0, description="DPO", evaluate=evaluate,
+                     eval_every=max(1, steps // DPO_EVALUATIONS),
                      checkpoint_path=checkpoint_path, checkpoint_every=max(1, steps // 5), resume=checkpoint_path is not None,
                      data_generator=generator, accumulation_steps=accumulation,
-                     run_settings={key: settings[key] for key in ("dpo_steps", "dpo_batch_size", "dpo_beta", "dpo_learning_rate",
-                                                                  "lora_r", "lora_alpha")})
+                     run_settings={**{key: settings[key] for key in ("dpo_steps", "dpo_batch_size", "dpo_beta",
+                                                                     "dpo_learning_rate", "lora_r", "lora_alpha")},
+                                   "evaluations": DPO_EVALUATIONS})  # a checkpoint of another schedule is refused
     finally:
         if checkpointing:
             policy.gradient_checkpointing_disable()
@@ -423,11 +443,12 @@ def dpo_train(policy, encoded_pairs: list[dict], reference_chosen: torch.Tensor,
 
 @torch.no_grad()
 def generate_replies(model, tokenizer, histories: list[list[dict]], max_new_tokens: int, batch_size: int,
-                     device: torch.device) -> list[tuple[str, bool]]:
+                     device: torch.device, precision: Precision | None = None) -> list[tuple[str, bool]]:
     """The greedy reply to each history, and whether the model ended its turn within ``max_new_tokens``.
 
     Prompts are the chat template's rendering with the generation prompt, padded on the left so
-    every row's next token comes right after its own prompt; similar lengths are batched together.
+    every row's next token comes right after its own prompt; similar lengths are batched together,
+    ``batch_size`` prompts per ``generate`` call.
     """
     model.eval()
     stop, pad = end_of_turn_id(tokenizer), tokenizer.pad_token_id
@@ -435,7 +456,7 @@ def generate_replies(model, tokenizer, histories: list[list[dict]], max_new_toke
                for h in histories]
     order = np.argsort([len(p) for p in prompts], kind="stable")
     replies: list[tuple[str, bool]] = [("", False)] * len(prompts)
-    precision = pick_precision(device)
+    precision = precision or pick_precision(device)
     for start in tqdm(range(0, len(order), batch_size), desc="generating", leave=False):
         rows = order[start:start + batch_size]
         longest = max(len(prompts[i]) for i in rows)
@@ -456,27 +477,32 @@ def evaluate_model(model, tokenizer, held_out: dict, settings: dict, device: tor
 
     ``held_out`` holds ``data`` (encoded conversations), ``prompts`` ((history, real reply) for
     every assistant turn) and ``pairs`` (encoded preference pairs). Returns the assistant-token
-    loss and perplexity, the task metric and its three parts over every held-out reply,
-    preference accuracy and margin, and the generated replies.
+    loss and perplexity, the task metric and its three parts over every held-out reply (and, under
+    "counts", each as (successes, trials)), preference accuracy and margin, the generated replies
+    and each reply's verdict. Teacher-forced scoring runs ``eval_batch_size`` sequences at a time,
+    greedy generation ``generate_batch_size`` prompts per call (decoding holds one token's logits, not
+    a whole conversation's, so it affords more).
     """
     collator = ChatCollator(tokenizer.pad_token_id)
     size = settings["eval_batch_size"]
-    precision = pick_precision(device)
+    precision = lab_precision(settings, device)
     with autocast(device, precision):
         loss = assistant_token_loss(model, held_out["data"], collator, size, device)
-    replies = generate_replies(model, tokenizer, [h for h, _ in held_out["prompts"]], settings["max_new_tokens"], size, device)
+    replies = generate_replies(model, tokenizer, [h for h, _ in held_out["prompts"]], settings["max_new_tokens"],
+                               settings.get("generate_batch_size", size), device, precision)
     judged = [reply_is_right(text, finished, reference, history)
               for (text, finished), (history, reference) in zip(replies, held_out["prompts"])]
     chosen, rejected = pair_log_probs(model, held_out["pairs"], collator, size, device, precision)
     preference = preference_scores(chosen.numpy(), rejected.numpy())
+    counts = judged_rates(judged)
     return {
         "assistant-token loss": loss["loss"], "perplexity": loss["perplexity"],
-        "task metric": float(np.mean([j["right"] for j in judged])),
-        "finished": float(np.mean([j["finished"] for j in judged])),
-        "same step": float(np.mean([j["same_step"] for j in judged])),
-        "no unrequested item": float(np.mean([j["no_unrequested_item"] for j in judged])),
+        "task metric": counts["right"][0] / counts["right"][1],
+        "finished": counts["finished"][0] / counts["finished"][1],
+        "same step": counts["same_step"][0] / counts["same_step"][1],
+        "no unrequested item": counts["no_unrequested_item"][0] / counts["no_unrequested_item"][1],
         "preference accuracy": preference["accuracy"], "preference margin": preference["margin"],
-        "replies": replies, "chosen log-probs": chosen, "rejected log-probs": rejected,
+        "replies": replies, "judged": judged, "counts": counts, "chosen log-probs": chosen, "rejected log-probs": rejected,
     }
 
 
@@ -493,16 +519,17 @@ def conversations_by_split(settings: dict, seed: int = 0) -> dict[str, list[list
     return {split: [dialog_messages(dialog) for dialog in chosen] for split, chosen in splits.items()}
 
 
-def prepare_base_model(settings: dict, device: torch.device, folder, checkpoint_path=None):
-    """(tokenizer, base model, pretraining history or None): loaded from the Hub by name, or built, pretrained,
-    saved with ``save_pretrained`` to ``folder`` and read back with ``from_pretrained``."""
+def prepare_base_model(settings: dict, device: torch.device, folder, checkpoint_path=None, seed: int = 0):
+    """(tokenizer, base model, pretraining history or None): loaded from the Hub by name, or built (its weights and
+    pretraining windows drawn with ``seed``), pretrained, saved with ``save_pretrained`` to ``folder`` and read back
+    with ``from_pretrained``."""
     if settings["base_model"] is not None:
         tokenizer, model = load_base_model(settings["base_model"], device)
         return tokenizer, model, None
     text = pretraining_text(settings["pretrain_characters"])
     tokenizer = train_chat_tokenizer(text, settings["vocab_size"])
-    model = small_decoder(tokenizer, settings)
-    history = pretrain_decoder(model, tokenizer, text, settings, device, checkpoint_path)
+    model = small_decoder(tokenizer, settings, seed)
+    history = pretrain_decoder(model, tokenizer, text, settings, device, checkpoint_path, seed)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     tokenizer, model = load_causal_lm(folder, device)
@@ -518,37 +545,43 @@ def use_cpu_threads(settings: dict, device: torch.device) -> int:
 
 def held_out_set(tokenizer, conversations: list[list[dict]], item_counts, settings: dict, seed: int = 1) -> dict:
     """What ``evaluate_model`` measures a model on, from held-out conversations: ``data`` (encoded, too long ones
-    skipped), ``skipped`` (their count), ``prompts`` (history, real reply) and ``pairs`` (encoded preference pairs)."""
+    skipped), ``skipped`` (their count), ``prompts`` (history, real reply) and ``pairs`` (encoded preference pairs,
+    ``test_pairs_per_reply`` of each reply that names an ordered item)."""
     from llmlab.instruct import preference_pairs, reply_prompts, sft_dataset
 
     data, skipped = sft_dataset(tokenizer, conversations, settings["max_length"])
-    pairs, _ = encode_pairs(tokenizer, preference_pairs(conversations, seed, item_counts), settings["max_length"])
+    pairs, _ = encode_pairs(tokenizer, preference_pairs(conversations, seed, item_counts, settings["test_pairs_per_reply"]),
+                            settings["max_length"])
     return {"data": data, "skipped": len(skipped), "prompts": reply_prompts(conversations), "pairs": pairs}
 
 
-def benchmark(preset: str) -> dict:
+def benchmark(preset: str, seed: int = 0) -> dict:
     """``python -m llmlab.bench sft``: base → SFT (full) → SFT (LoRA) → + DPO, measured on held-out dialogs, from scratch.
 
-    DPO starts from whichever SFT model has the lower assistant-token loss on the validation dialogs.
+    DPO starts from whichever SFT model has the lower assistant-token loss on the validation dialogs. ``seed`` draws
+    the base model's weights and pretraining windows, the SFT data order and DPO's pairs; the split of the dialogs
+    and the test pairs stay the same, so runs with other seeds are measured on the same held-out set.
     """
     import copy
     import tempfile
 
     import pandas as pd
 
-    from llmlab.instruct import customer_item_counts, preference_pairs, sft_dataset, token_kl_to_reference
+    from llmlab.instruct import (
+        customer_item_counts, most_common_reply, preference_pairs, sft_dataset, token_kl_to_reference, wilson_interval,
+    )
     from llmlab.presets import lab_settings
     from llmlab.runtime import describe_machine, pick_device, seed_everything
 
     settings = lab_settings("04b_instruction_tuning", preset)
     device = pick_device()
     use_cpu_threads(settings, device)  # describe_machine then names the threads in use
-    seed_everything(0)
+    seed_everything(seed)
     started = time.perf_counter()
     workspace = Path(tempfile.mkdtemp(prefix="llmlab-bench-sft-"))  # no checkpoint of an earlier run is resumed
-    print(f"benchmark sft | preset {preset} | {describe_machine(device)} | {pick_precision(device).name}")
+    print(f"benchmark sft | preset {preset} | seed {seed} | {describe_machine(device)} | {lab_precision(settings, device).name}")
     base_started = time.perf_counter()
-    tokenizer, base, _ = prepare_base_model(settings, device, workspace / "base", workspace / "pretraining.safetensors")
+    tokenizer, base, _ = prepare_base_model(settings, device, workspace / "base", workspace / "pretraining.safetensors", seed)
     base_seconds = time.perf_counter() - base_started
     conversations = conversations_by_split(settings)
     train_data, skipped = sft_dataset(tokenizer, conversations["train"], settings["max_length"])
@@ -574,11 +607,13 @@ def benchmark(preset: str) -> dict:
                      "training state MB (computed)": training_state_megabytes(base) if built else float("nan")}
 
     full = copy.deepcopy(base)
-    costs["SFT (full)"] = sft_train(full, train_data, collator, settings, settings["learning_rate"], device, workspace / "sft-full")
+    costs["SFT (full)"] = sft_train(full, train_data, collator, settings, settings["learning_rate"], device, workspace / "sft-full",
+                                    seed=seed)
     measure("SFT (full)", full)
 
     lora = with_lora(copy.deepcopy(base), tokenizer, settings)
-    costs["SFT (LoRA)"] = sft_train(lora, train_data, collator, settings, settings["lora_learning_rate"], device, workspace / "sft-lora")
+    costs["SFT (LoRA)"] = sft_train(lora, train_data, collator, settings, settings["lora_learning_rate"], device, workspace / "sft-lora",
+                                    seed=seed)
     lora = lora.merge_and_unload()
     measure("SFT (LoRA)", lora)
 
@@ -587,19 +622,27 @@ def benchmark(preset: str) -> dict:
                        for name, model in (("SFT (full)", full), ("SFT (LoRA)", lora))}
     start_name = min(validation_loss, key=validation_loss.get)
     sft_model = {"SFT (full)": full, "SFT (LoRA)": lora}[start_name]
-    reference_chosen, reference_rejected = pair_log_probs(sft_model, train_pairs, collator, size, device)
+    reference_chosen, reference_rejected = pair_log_probs(sft_model, train_pairs, collator, size, device,
+                                                          lab_precision(settings, device))
     policy = with_lora(copy.deepcopy(sft_model), tokenizer, settings)
-    history = dpo_train(policy, train_pairs, reference_chosen, reference_rejected, collator, settings, device)
+    history = dpo_train(policy, train_pairs, reference_chosen, reference_rejected, collator, settings, device, seed=seed)
     costs["+ DPO"] = {"trainable parameters": trainable_parameters(policy), "training seconds": history.eval_seconds[-1],
                       "training state MB (computed)": training_state_megabytes(policy)}
     dpo_model = policy.merge_and_unload()
     measure("+ DPO", dpo_model)
     kl = token_kl_to_reference(dpo_model, sft_model, held_out["data"], collator, size, device)
 
-    columns = ["assistant-token loss", "perplexity", "task metric", "preference accuracy", "preference margin"]
+    floor_reply = most_common_reply(conversations["train"])
+    floor = judged_rates([reply_is_right(floor_reply, True, reference, history) for history, reference in held_out["prompts"]])
+    columns = ["assistant-token loss", "perplexity", "task metric", "same step", "no unrequested item", "finished",
+               "preference accuracy", "preference margin"]
     cost_columns = ["trainable parameters", "training seconds", "training state MB (computed)"]
     table = pd.DataFrame({name: {**{c: row[c] for c in columns}, **{c: costs[name][c] for c in cost_columns},
                                  "evaluation seconds": evaluation_seconds[name]} for name, row in rows.items()}).T
+    table.loc["constant reply"] = {"task metric": floor["right"][0] / floor["right"][1],
+                                   "same step": floor["same_step"][0] / floor["same_step"][1],
+                                   "no unrequested item": floor["no_unrequested_item"][0] / floor["no_unrequested_item"][1],
+                                   "finished": 1.0, "trainable parameters": 0}
     table["trainable parameters"] = table["trainable parameters"].astype(int)
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         print(table)
@@ -608,5 +651,12 @@ def benchmark(preset: str) -> dict:
     print("validation assistant-token loss: " + ", ".join(f"{name} {loss:.3f}" for name, loss in validation_loss.items())
           + f" -> DPO starts from {start_name}")
     print(f"KL(DPO ‖ {start_name}) per assistant token on held-out dialogs: {kl:.4f} nats")
+    print(f"constant reply: always {floor_reply!r} (the most common training reply)")
+    replies = len(held_out["prompts"])
+    for name, row in rows.items():
+        low, high = wilson_interval(*row["counts"]["right"])
+        print(f"task metric {name}: {row['task metric']:.3f} [{low:.3f}, {high:.3f}] over {replies} replies")
+    low, high = wilson_interval(*floor["right"])
+    print(f"task metric constant reply: {floor['right'][0] / replies:.3f} [{low:.3f}, {high:.3f}]")
     print(f"total {time.perf_counter() - started:.0f} s")
     return {"table": table, "kl": kl, "dpo_from": start_name}

@@ -478,12 +478,13 @@ def _qwen_training(lab: str, part: str, model: torch.nn.Module, lora: dict | Non
     weights = extrapolate_to_layers(lambda n: _parameter_bytes(counted[n])[0], layers)
     trainable = extrapolate_to_layers(lambda n: _parameter_bytes(counted[n])[1], layers)
     measured_models = {1: model}
+    autocast_dtype = None if settings.get("fp32_only") else T4_AUTOCAST  # Lab 4b's Qwen runs in float32 (fp16 overflows)
 
     def measured(n: int, batch: int) -> int:
         if n not in measured_models:
             measured_models[n] = lora_qwen(qwen_decoder(n), lora) if lora else qwen_decoder(n)
         measured_models[n].train()
-        return saved_activation_bytes(measured_models[n], lambda: loss_fn(measured_models[n], make_batch(batch)), T4_AUTOCAST)
+        return saved_activation_bytes(measured_models[n], lambda: loss_fn(measured_models[n], make_batch(batch)), autocast_dtype)
 
     if settings["gradient_checkpointing"]:
         layer_input = micro_batch * sequences_per_example * length * QWEN25_05B["hidden_size"] * FLOAT32_BYTES
@@ -493,7 +494,7 @@ def _qwen_training(lab: str, part: str, model: torch.nn.Module, lora: dict | Non
     loss_backward = LOSS_BACKWARD_BYTES_PER_LOGIT * micro_batch * sequences_per_example * length * QWEN25_05B["vocab_size"]
     notes = (f"weights: the trained model and {resident_copies} other float32 copies that the notebook keeps on the GPU",
              f"activations: saved tensors {size_text(saved)} + the loss's backward {size_text(loss_backward)}")
-    return MemoryEstimate(lab, part, "fp16 autocast", weights + resident_copies * base_weights,
+    return MemoryEstimate(lab, part, "fp32" if autocast_dtype is None else "fp16 autocast", weights + resident_copies * base_weights,
                           gradients=FLOAT32_BYTES * trainable, optimizer=ADAMW_STATES * FLOAT32_BYTES * trainable,
                           activations=saved + loss_backward, notes=notes)
 

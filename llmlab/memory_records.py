@@ -69,8 +69,8 @@ RECORDED_MIB: dict[str, dict] = {
     "04_fine_tuning": {"part": "fine-tuning MiniLM, batch 32 × 64 tokens", "precision": "fp16 autocast",
                        "weights": 87, "gradients": 87, "optimizer": 174, "activations": 360, "kv_cache": 0},
     "04b_instruction_tuning": {"part": "full SFT of Qwen2.5-0.5B, batch 16 × 384 tokens, 1 per pass, gradient checkpointing "
-                                       "(base model on the GPU too)", "precision": "fp16 autocast",
-                               "weights": 3769, "gradients": 1885, "optimizer": 3769, "activations": 1014, "kv_cache": 0},
+                                       "(base model on the GPU too)", "precision": "fp32",
+                               "weights": 3769, "gradients": 1885, "optimizer": 3769, "activations": 741, "kv_cache": 0},
     "05_inference": {"part": "pretraining the GPT, batch 64 × 256 (Lab 3's run, when its checkpoint is missing)",
                      "precision": "fp16 autocast",
                      "weights": 41, "gradients": 41, "optimizer": 81, "activations": 1745, "kv_cache": 0},

@@ -34,6 +34,8 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
         # vocab_size tokens and a Llama-shaped model (d_model, d_ff, n_layers, n_heads) pretrained for pretrain_steps
         # on windows of `context` tokens of plain text (pretrain_characters None = all of it). dialogs None = all 3,710.
         # max_length: the longest conversation trained on (longer ones are skipped and counted, never cut).
+        # test_pairs_per_reply: held-out preference pairs made of each reply that names an ordered item, each with another
+        # swapped-in item (the test dialogs have about 90 such replies; DPO's effect needs more pairs than that to show).
         # cpu_threads: the torch threads on a CPU (None = torch's default); one thread keeps a small model's steps steady
         # on a 2-core machine that also runs other work, where two threads wait on each other (as in Lab 5).
         "smoke": dict(
@@ -44,7 +46,7 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
             sft_epochs=1, learning_rate=1e-3, lora_learning_rate=3e-3, sft_log_every=5, sft_save_every=10,
             lora_r=4, lora_alpha=8, lora_dropout=0.0,
             dpo_batch_size=4, dpo_micro_batch_size=4, dpo_steps=5, dpo_beta=0.1, dpo_learning_rate=1e-3,
-            eval_batch_size=32, max_new_tokens=16,
+            eval_batch_size=32, generate_batch_size=32, max_new_tokens=16, test_pairs_per_reply=2, fp32_only=False,
         ),
         # The cpu learning rates of LoRA and DPO were picked on the validation dialogs when the lab was built: LoRA 1e-2
         # had a lower validation loss than 3e-3; DPO 2e-4 sits between 1e-4 (hardly moved the model) and 3e-4 (raised the
@@ -57,7 +59,7 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
             sft_epochs=1, learning_rate=1e-3, lora_learning_rate=1e-2, sft_log_every=10, sft_save_every=50,
             lora_r=16, lora_alpha=32, lora_dropout=0.0,
             dpo_batch_size=16, dpo_micro_batch_size=16, dpo_steps=60, dpo_beta=0.1, dpo_learning_rate=2e-4,
-            eval_batch_size=64, max_new_tokens=40,
+            eval_batch_size=64, generate_batch_size=64, max_new_tokens=40, test_pairs_per_reply=4, fp32_only=False,
         ),
         # Qwen2.5-0.5B (base, 0.49B parameters, Apache-2.0) ships ChatML's chat template and tokens. In float32 each copy
         # of it takes 1.8 GiB, and the notebook keeps every model it makes on the GPU (base, full SFT, LoRA SFT, DPO);
@@ -66,6 +68,10 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
         # to fit a T4 (llmlab.memory estimates each part): micro-batches whose gradients add up to the same optimiser
         # batches (sft_batch_size 16, dpo_batch_size 8 pairs), gradient checkpointing, and evaluation 2 conversations at a time.
         # smoke and cpu run whole batches (micro-batch = batch) without checkpointing, as before.
+        # Greedy generation holds one position's logits per row, not a conversation's, so it runs 32 prompts per call
+        # (left-padded): 33 `generate` calls per model for the 1,050 test replies instead of 525 at eval_batch_size.
+        # fp32_only: Qwen2 models overflow float16 (activations beyond its 65,504 turn into inf and NaN) and a T4 has no
+        # fast bfloat16, so every step runs in float32 there, not under fp16 autocast.
         "gpu": dict(
             cpu_threads=None, base_model="Qwen/Qwen2.5-0.5B", dialogs=None, validation_fraction=0.05, test_fraction=0.15, max_length=384,
             # The model is loaded, not built: nothing to size or pretrain (None, so every preset has the same keys).
@@ -75,7 +81,7 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
             sft_epochs=1, learning_rate=2e-5, lora_learning_rate=2e-4, sft_log_every=10, sft_save_every=50,
             lora_r=16, lora_alpha=32, lora_dropout=0.05,
             dpo_batch_size=8, dpo_micro_batch_size=1, dpo_steps=100, dpo_beta=0.1, dpo_learning_rate=2e-5,
-            eval_batch_size=2, max_new_tokens=48,
+            eval_batch_size=2, generate_batch_size=32, max_new_tokens=48, test_pairs_per_reply=4, fp32_only=True,
         ),
     },
     "05_inference": {
@@ -131,18 +137,23 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
     "06_business": {
         # pool_per_intent None = the whole training split (minus the validation set) is the pool of
         # known, labelled questions; test_size None = the whole test split.
+        # validation_per_intent: the threshold is chosen so that the upper end of the 95 % Wilson interval of the
+        # validation wrong-answer rate stays under the cap, and that needs room: 770 messages (10 per intent) allow
+        # at most 7 wrong answers under a 2 % cap (0.9 %), 1,540 (20 per intent) allow 20 (1.3 %). They come out of
+        # the pool: 770 fewer known questions, and BANKING77's smallest intent (35 training messages) keeps 15.
+        # Lab 6 prints the table for 10, 20 and 30. Below about 190 messages not even 0 wrong answers is allowed.
         "smoke": dict(
-            validation_per_intent=2, pool_per_intent=10, test_size=300, max_wrong_answer_rate=0.02,
+            validation_per_intent=3, pool_per_intent=10, test_size=300, max_wrong_answer_rate=0.02,
             evidence_count=3, flywheel_start_per_intent=2, flywheel_months=3, flywheel_messages_per_month=150,
             flywheel_wrong_answers_reported=0.5, flywheel_label_error_rate=0.1,
         ),
         "cpu": dict(
-            validation_per_intent=10, pool_per_intent=None, test_size=None, max_wrong_answer_rate=0.02,
+            validation_per_intent=20, pool_per_intent=None, test_size=None, max_wrong_answer_rate=0.02,
             evidence_count=3, flywheel_start_per_intent=2, flywheel_months=8, flywheel_messages_per_month=1000,
             flywheel_wrong_answers_reported=0.5, flywheel_label_error_rate=0.1,
         ),
         "gpu": dict(
-            validation_per_intent=10, pool_per_intent=None, test_size=None, max_wrong_answer_rate=0.02,
+            validation_per_intent=20, pool_per_intent=None, test_size=None, max_wrong_answer_rate=0.02,
             evidence_count=3, flywheel_start_per_intent=2, flywheel_months=8, flywheel_messages_per_month=1000,
             flywheel_wrong_answers_reported=0.5, flywheel_label_error_rate=0.1,
         ),
@@ -180,18 +191,26 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
         "smoke": dict(
             context=64, d_model=32, n_heads=2, n_layers=2, dropout=0.0, rotary=True, bias=False,
             batch_size=16, steps=60, learning_rate=3e-3, warmup_steps=10, weight_decay=0.1, betas=[0.9, 0.99], clip_norm=1.0,
+            optimizer="muon", muon_learning_rate=0.02, muon_weight_decay=0.1, activation="relu2", tie_weights=False, zero_init_projections=True,
+            logit_softcap=15.0, schedule="trapezoidal", decay_fraction=0.4, floor_ratio=0.0,
             eval_every=20, eval_windows=64, checkpoint_every=20,
-            sample_characters=120, resume_demo_steps=30, step_check_steps=10,
+            sample_characters=120, resume_demo_steps=30, step_check_steps=10, ablation_steps=8,
             scaling_sizes=[[16, 1], [24, 1], [32, 1], [48, 1]], scaling_budgets=[2.5e8, 5e8, 1e9],
+            baseline=dict(steps=60, warmup_steps=10, batch_size=16, learning_rate=3e-3),
         ),
         # Same width as nanoGPT's CPU "baby GPT" (128 channels, context 64), one layer fewer, rotary
-        # positions, 32-window batches and a higher peak learning rate: see Chapter 3, "A recipe for a laptop".
+        # positions, 32-window batches, Muon, ReLU², an untied zero-initialised output layer, soft-capped
+        # logits and a trapezoidal schedule to zero: see Chapter 3, "A recipe for a laptop". `baseline` is
+        # GPT-2's recipe as this preset trained it before (600 steps): the isoFLOP study and the ablation's first row.
         "cpu": dict(
             context=64, d_model=128, n_heads=4, n_layers=3, dropout=0.0, rotary=True, bias=False,
-            batch_size=32, steps=600, learning_rate=5e-3, warmup_steps=30, weight_decay=0.1, betas=[0.9, 0.99], clip_norm=1.0,
-            eval_every=25, eval_windows=300, checkpoint_every=100,
-            sample_characters=500, resume_demo_steps=60, step_check_steps=40,
+            batch_size=32, steps=1200, learning_rate=5e-3, warmup_steps=30, weight_decay=0.1, betas=[0.9, 0.99], clip_norm=1.0,
+            optimizer="muon", muon_learning_rate=0.02, muon_weight_decay=0.1, activation="relu2", tie_weights=False, zero_init_projections=True,
+            logit_softcap=15.0, schedule="trapezoidal", decay_fraction=0.4, floor_ratio=0.0,
+            eval_every=25, eval_windows=300, checkpoint_every=250,
+            sample_characters=500, resume_demo_steps=60, step_check_steps=40, ablation_steps=400,
             scaling_sizes=[[16, 1], [16, 2], [24, 2], [32, 2], [48, 2]], scaling_budgets=[5e10, 1e11, 2e11, 4e11],
+            baseline=dict(steps=600, warmup_steps=30, batch_size=32, learning_rate=5e-3),
         ),
         # nanoGPT's shakespeare_char configuration (its README: val loss 1.4697 on an A100), with rotary
         # positions as in the cpu preset; about 10.7M parameters, well within a T4's 16 GB in fp16.

@@ -240,7 +240,8 @@ def _memoriser(exercise: str):
     return replay
 
 
-@pytest.mark.parametrize("exercise", ["01.2", "01.3", "02.1", "03.1", "04.1", "04b.1", "04b.2", "04b.3"])
+@pytest.mark.parametrize("exercise", ["01.2", "01.3", "02.1", "03.1", "04.1", "04b.1", "04b.2", "04b.3",
+                                      "04b.4"])
 def test_hidden_variants_use_other_inputs_and_shapes(exercise):
     from llmlab.checks.core import variant
 

@@ -1,5 +1,5 @@
 """Lab 4b's self-checks pass the reference code and name each classic mistake (04b.1 chat format, 04b.2 labels and padding,
-04b.3 the DPO loss); hidden variants: tests/test_checks_core.py."""
+04b.3 the DPO loss, 04b.4 the summed log-probability of a reply); hidden variants: tests/test_checks_core.py."""
 
 from __future__ import annotations
 
@@ -133,6 +133,60 @@ def right_margin(pc, pr, rc, rr, beta):
 ])
 def test_dpo_loss_check(dpo_loss, phrase):
     expect(lab04b.check_dpo_loss(dpo_loss), phrase)
+
+
+# --- 04b.4: the summed log-probability of a reply ------------------------------------------------------------------
+
+
+def picked(logits, targets):
+    return torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def loop_version(logits, input_ids, assistant_mask):
+    """A correct answer written another way: a Python loop over positions, F.cross_entropy per token."""
+    rows = []
+    for row in range(logits.shape[0]):
+        total = logits.new_zeros(())
+        for t in range(1, logits.shape[1]):
+            if assistant_mask[row, t]:
+                total = total - F.cross_entropy(logits[row, t - 1], input_ids[row, t])
+        rows.append(total)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("score, phrase", [
+    pytest.param(instruct.summed_log_probs, None, id="reference"),
+    pytest.param(loop_version, None, id="loop"),
+    pytest.param(lambda logits, ids, mask: instruct.summed_log_probs(logits.float(), ids, mask), None, id="float32"),
+    pytest.param(lambda logits, ids, mask: (picked(logits, ids) * mask).sum(-1), "no shift", id="no-shift"),
+    pytest.param(lambda logits, ids, mask: (picked(logits[:, :-1], ids[:, 1:]) * mask[:, :-1]).sum(-1),
+                 "the mask is not shifted with the tokens", id="mask-not-shifted"),
+    pytest.param(lambda logits, ids, mask: picked(logits[:, :-1], ids[:, 1:]).sum(-1), "every token is counted",
+                 id="prompt-counted"),
+    pytest.param(lambda logits, ids, mask: (picked(logits[:, :-1], ids[:, 1:]) * mask[:, 1:]).sum(-1) / mask[:, 1:].sum(-1),
+                 "this is the mean over the reply's tokens", id="mean"),
+    pytest.param(lambda logits, ids, mask: -instruct.summed_log_probs(logits, ids, mask), "the sign is flipped", id="sign"),
+    pytest.param(lambda logits, ids, mask: (torch.softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+                                            * mask[:, 1:]).sum(-1), "take log_softmax of the logits, not softmax", id="softmax"),
+    pytest.param(lambda logits, ids, mask: instruct.summed_log_probs(logits, ids, mask).sum(), "one sum per row", id="batch-sum"),
+    pytest.param(lambda logits, ids, mask: instruct.summed_log_probs(logits, ids, mask).detach(), "carries no gradient",
+                 id="detached"),
+    pytest.param(lambda logits, ids, mask: instruct.summed_log_probs(logits, ids, mask).tolist(), "should be a torch.Tensor",
+                 id="list"),
+])
+def test_response_log_prob_check(score, phrase):
+    expect(lab04b.check_response_log_prob(score), phrase)
+
+
+def test_the_reference_log_prob_is_what_the_lab_trains_dpo_with():
+    """summed_log_probs on a collated batch equals the sum of shifted_token_log_probs over the labelled tokens."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 7, 11, generator=generator)
+    input_ids = torch.randint(11, (2, 7), generator=generator)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1, 1]])
+    labels = torch.where(mask.bool(), input_ids, torch.full_like(input_ids, IGNORE))
+    token_log_probs, _ = instruct.shifted_token_log_probs(logits, labels)
+    assert torch.allclose(instruct.summed_log_probs(logits, input_ids, mask), token_log_probs.sum(-1))
 
 
 # --- the grader's hidden variants ----------------------------------------------------------------------------------

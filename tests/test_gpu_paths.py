@@ -189,6 +189,16 @@ def test_lab04b_gpu_sft_and_dpo_paths(tmp_path):
     history = dpo_train(policy, pairs, chosen, rejected, collator, settings, CPU)
     two_finite_steps(history.losses, history.grad_norms)
     assert history.losses[0] == pytest.approx(math.log(2), abs=1e-3), "the policy starts as the reference"
+    # evaluation: float32 (Qwen2 overflows fp16), greedy replies generate_batch_size prompts per call, left-padded
+    from llmlab.instruct import reply_prompts
+    from llmlab.instruct_training import generate_replies, lab_precision
+
+    assert lab_precision(settings, CPU).name == "fp32" and settings["generate_batch_size"] > settings["eval_batch_size"]
+    histories = [history for history, _ in reply_prompts(conversations)][:settings["generate_batch_size"] + 2]
+    model = small_qwen()
+    batched = generate_replies(model, tokenizer, histories, 6, settings["generate_batch_size"], CPU)
+    assert len(batched) == len(histories)
+    assert generate_replies(model, tokenizer, histories[:3], 6, 1, CPU) == batched[:3], "left padding changes no reply"
 
 
 # --- memory at the gpu preset --------------------------------------------------------------------------

@@ -288,6 +288,61 @@ def test_preference_pairs_swap_only_what_the_customer_ordered(dialogs):
     assert instruct.preference_pairs(conversations, seed=0) == pairs, "the same seed gives the same pairs"
 
 
+def test_several_pairs_per_reply_swap_in_different_items_and_keep_the_first(dialogs):
+    conversations = [instruct.dialog_messages(d) for d in dialogs[:300]]
+    single = instruct.preference_pairs(conversations, seed=0)
+    several = instruct.preference_pairs(conversations, seed=0, per_reply=3)
+    assert len(single) < len(several) <= 3 * len(single)
+    assert {pair["reply"] for pair in several} == {pair["reply"] for pair in single} == set(range(len(single)))
+    for reply in range(len(single)):
+        group = [pair for pair in several if pair["reply"] == reply]
+        assert len({pair["chosen"] for pair in group}) == 1 and len({pair["rejected"] for pair in group}) == len(group)
+        assert len({pair["swap"][2] for pair in group}) == len(group), "each pair of a reply swaps in another item"
+    first_of_each = [next(pair for pair in several if pair["reply"] == reply) for reply in range(len(single))]
+    assert [pair["chosen"] for pair in first_of_each] == [pair["chosen"] for pair in single], "the same replies, in order"
+    with pytest.raises(ValueError, match="per_reply must be at least 1, got 0"):
+        instruct.preference_pairs(conversations, per_reply=0)
+
+
+def test_the_constant_reply_floor_and_the_parts_of_the_metric(dialogs):
+    conversations = [instruct.dialog_messages(d) for d in dialogs[:200]]
+    replies = [reply for _, reply in instruct.reply_prompts(conversations)]
+    floor_reply = instruct.most_common_reply(conversations)
+    assert replies.count(floor_reply) == max(replies.count(reply) for reply in set(replies))
+    judged = [{"right": False, "finished": True, "same_step": True, "no_unrequested_item": False},
+              {"right": True, "finished": True, "same_step": True, "no_unrequested_item": True},
+              {"right": False, "finished": False, "same_step": False, "no_unrequested_item": True}]
+    assert instruct.judged_rates(judged) == {"right": (1, 3), "finished": (2, 3), "same_step": (2, 3),
+                                             "no_unrequested_item": (2, 3)}
+    with pytest.raises(ValueError, match="no judged replies"):
+        instruct.judged_rates([])
+    with pytest.raises(ValueError, match="no assistant replies"):
+        instruct.most_common_reply([])
+
+
+def test_the_grouped_bootstrap_keeps_groups_together():
+    before, after = [0, 0, 0, 0, 1, 1], [1, 1, 1, 1, 1, 1]
+    change, low, high = instruct.grouped_bootstrap_difference(before, after, [0, 0, 0, 0, 1, 1], resamples=500)
+    assert change == pytest.approx(4 / 6)
+    # two groups: a resample holds group 0 twice (change 1), group 1 twice (0) or both (4/6); nothing else
+    assert low == pytest.approx(0.0) and high == pytest.approx(1.0)
+    _, low, high = instruct.grouped_bootstrap_difference(before, after, range(6), resamples=2000)
+    assert 0 < low < 4 / 6 < high <= 1, "as independent items the interval is narrower and excludes 0"
+    with pytest.raises(ValueError, match="equally long"):
+        instruct.grouped_bootstrap_difference([1], [1, 0], [0, 0])
+
+
+def test_the_gpu_preset_runs_in_float32_and_generates_in_larger_batches():
+    from llmlab.instruct_training import lab_precision
+    from llmlab.presets import lab_settings
+
+    gpu = lab_settings("04b_instruction_tuning", "gpu")
+    assert gpu["fp32_only"] and gpu["generate_batch_size"] >= 16 * gpu["eval_batch_size"]
+    assert lab_precision(gpu, torch.device("cpu")).name == "fp32"
+    for preset in ("smoke", "cpu", "gpu"):
+        assert lab_settings("04b_instruction_tuning", preset)["test_pairs_per_reply"] >= 1
+
+
 def test_swap_keeps_capitals_and_plurals():
     counts = {kind: {name: 1 for name in names} for kind, names in instruct.MENU.items()}
     history = [{"role": "user", "content": "two mochas please"}]
@@ -430,6 +485,10 @@ def test_dpo_train_moves_the_policy_towards_the_chosen_replies(tokenizer, dialog
     chosen, rejected = pair_log_probs(policy, pairs, collator, 8, device)
     margin_before = (reference_chosen - reference_rejected).mean()
     assert (chosen - rejected).mean() > margin_before + 1.0
+    # the history follows each side: its last record is the policy's mean log-probabilities on the watched pairs
+    assert history.evals[-1]["chosen log-prob"] == pytest.approx(chosen.mean().item(), abs=1e-4)
+    assert history.evals[-1]["rejected log-prob"] == pytest.approx(rejected.mean().item(), abs=1e-4)
+    assert history.evals[0]["chosen log-prob"] < 0 and len(history.evals) >= 2
 
 
 def test_dpo_of_lora_adapters_resumes_from_its_checkpoint(tokenizer, dialogs, tmp_path):
@@ -469,3 +528,5 @@ def test_the_benchmark_runs_at_smoke_and_prints_its_table(capsys):
     for column in ("assistant-token loss", "task metric", "preference accuracy", "trainable parameters", "training seconds"):
         assert column in printed
     assert "KL(DPO ‖ SFT" in printed and "-> DPO starts from SFT" in printed
+    assert any(line.startswith("constant reply") for line in printed.splitlines())
+    assert "task metric constant reply:" in printed and "same step" in printed and "no unrequested item" in printed

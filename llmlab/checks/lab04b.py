@@ -1,4 +1,5 @@
-"""Self-checks of Lab 4b (instruction tuning): the chat format, a training batch's labels and padding, the DPO loss."""
+"""Self-checks of Lab 4b (instruction tuning): the chat format, a training batch's labels and padding, the DPO loss, and
+the summed log-probability of a reply."""
 
 from __future__ import annotations
 
@@ -199,16 +200,92 @@ def check_dpo_loss(call) -> str:
     return "matches −mean log σ(β·[(log π − log π_ref)(chosen) − (log π − log π_ref)(rejected)]) on 3 random batches, large margins included"
 
 
+# --- 04b.4: the summed log-probability of a reply -------------------------------------------------------------
+
+
+def _scored_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, input_ids, assistant_mask) of a right-padded batch: each row a prompt (mask 0), a reply (mask 1), then
+    padding (mask 0); float64 logits that are far from uniform, so that every mistake changes the sum."""
+    generator = seeded(seed)
+    rows, vocabulary = grown(3, 4)
+    lengths = [grown(9)[0] + 3 * row for row in range(rows)]
+    longest = max(lengths) + 2
+    logits = 3 * torch.randn(rows, longest, vocabulary + 5, generator=generator, dtype=torch.float64)
+    input_ids = torch.randint(vocabulary + 5, (rows, longest), generator=generator)
+    assistant_mask = torch.zeros(rows, longest, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        prompt = 3 + int(torch.randint(3, (1,), generator=generator))
+        assistant_mask[row, prompt:length] = 1
+    return logits, input_ids, assistant_mask
+
+
+def _picked(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+@self_check("04b.4")
+def check_response_log_prob(call) -> str:
+    """fn(logits, input_ids, assistant_mask) -> log π(reply | prompt) of each row, shape (batch,)."""
+    for seed in (44, 45):
+        logits, input_ids, assistant_mask = _scored_batch(seed)
+        logits.requires_grad_(True)
+        value = call(logits, input_ids.clone(), assistant_mask.clone())
+        rows = logits.shape[0]
+        value = expect_tensor(value, "the result")
+        if value.numel() == 1 and rows > 1:
+            raise Mismatch("return one sum per row (shape (batch,)), not one number for the whole batch: DPO compares "
+                           "each pair's own chosen and rejected reply")
+        if value.shape != (rows,):
+            raise Mismatch(f"the result has shape {tuple(value.shape)}, expected ({rows},): one summed log-probability per row")
+        if not value.requires_grad:
+            raise Mismatch("the result carries no gradient: compute it with torch operations (no .item(), no numpy), "
+                           "DPO differentiates it")
+        got = value.detach().double()
+        expected = instruct.summed_log_probs(logits.detach(), input_ids, assistant_mask)
+        tolerance = 1e-9 if value.dtype == torch.float64 else 1e-4
+
+        def same(candidate: torch.Tensor) -> bool:
+            return torch.allclose(got, candidate, atol=tolerance, rtol=tolerance)
+
+        if same(expected):
+            continue
+        shifted, targets, mask = logits.detach()[:, :-1], input_ids[:, 1:], assistant_mask[:, 1:].double()
+        unshifted = _picked(logits.detach(), input_ids)
+        if same((unshifted * assistant_mask).sum(-1)):
+            raise Mismatch("no shift: the logits at position t predict the token at t + 1, so score input_ids[:, 1:] "
+                           "with logits[:, :-1] (scoring token t with the logits at t lets the model see the answer)")
+        if same(-expected) or same((-_picked(shifted, targets) * mask).sum(-1)):
+            raise Mismatch("the sign is flipped: return the log-probability (a negative number), not the loss")
+        if same((_picked(shifted, targets) * assistant_mask[:, :-1]).sum(-1)):
+            raise Mismatch("the mask is not shifted with the tokens: the token at t + 1 counts where assistant_mask[:, t + 1] "
+                           "is 1, so use assistant_mask[:, 1:] (with assistant_mask[:, :-1] the reply's first token is "
+                           "left out and the token after its end is counted)")
+        if same(_picked(shifted, targets).sum(-1)) or same(unshifted.sum(-1)):
+            raise Mismatch("every token is counted: multiply by the assistant mask so that only the reply's tokens count, "
+                           "not the prompt's (nor the padding)")
+        if same((_picked(shifted, targets) * mask).sum(-1) / mask.sum(-1)):
+            raise Mismatch("this is the mean over the reply's tokens: DPO uses the sum, log π(y|x) of the whole reply")
+        if same((torch.softmax(shifted, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1) * mask).sum(-1)):
+            raise Mismatch("these are probabilities: take log_softmax of the logits, not softmax")
+        if same((shifted.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * mask).sum(-1)):
+            raise Mismatch("these are raw logits: turn them into log-probabilities with log_softmax over the vocabulary first")
+        worst = int((got - expected).abs().argmax())
+        raise Mismatch(f"row {worst}: expected {expected[worst].item():.6f}, got {got[worst].item():.6f}")
+    return "summed log-probabilities of the replies right on 2 random batches: shifted by one, reply tokens only"
+
+
 # The exercises of this lab, id -> (title, points): what solutions/04b_instruction_tuning.ipynb's metadata declares
 # (tests/test_architecture.py keeps the two equal); checks.summary() reads them.
 EXERCISES = {"04b.1": ("format a conversation with a chat template", 1),
-             "04b.2": ("label masking and padding in a collator", 2), "04b.3": ("the DPO loss", 2)}
+             "04b.2": ("label masking and padding in a collator", 2), "04b.3": ("the DPO loss", 2),
+             "04b.4": ("the summed log-probability of a reply", 2)}
 
-CHECKS = {"04b.1": check_format_chat, "04b.2": check_collate_batch, "04b.3": check_dpo_loss}
+CHECKS = {"04b.1": check_format_chat, "04b.2": check_collate_batch, "04b.3": check_dpo_loss,
+          "04b.4": check_response_log_prob}
 
 # What use_reference("04b.k") puts in the notebook: the name its exercise defines, and the course's implementation.
 REFERENCES = {"04b.1": ("format_chat", instruct.format_chat), "04b.2": ("collate_batch", instruct.collate_conversations),
-              "04b.3": ("dpo_loss", instruct.dpo_loss)}
+              "04b.3": ("dpo_loss", instruct.dpo_loss), "04b.4": ("response_log_prob", instruct.summed_log_probs)}
 
 # checks.use_reference("04b.k") when stuck, checks.summary() at the end of the lab
 use_reference, summary = lab_shortcuts("04b")
