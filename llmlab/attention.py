@@ -53,7 +53,8 @@ def scaled_dot_product_attention(
     d_k = q.shape[-1]
     scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)
     if mask is not None:
-        # -inf gives exactly zero weight after the softmax, whatever the other scores are.
+        # -inf gives exactly zero weight after the softmax, whatever the other
+        # scores are.
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
     return weights @ v, weights
@@ -73,11 +74,14 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(batch, n, heads * d_head)
 
 
-def rope_angles(n_positions: int, d_head: int, base: float = 10000.0, device=None) -> torch.Tensor:
+def rope_angles(n_positions: int, d_head: int, base: float = 10000.0,
+                device=None) -> torch.Tensor:
     """θ_{m,i} = m · base^(-2i/d) for position m and pair i (Su et al. 2021, eq. 15)."""
     if d_head % 2:
-        raise ValueError(f"rotary positions need an even head size, got d_head={d_head}")
-    inverse_frequencies = base ** (-torch.arange(0, d_head, 2, device=device, dtype=torch.float32) / d_head)
+        raise ValueError(
+            f"rotary positions need an even head size, got d_head={d_head}")
+    inverse_frequencies = base ** (
+        -torch.arange(0, d_head, 2, device=device, dtype=torch.float32) / d_head)
     positions = torch.arange(n_positions, device=device, dtype=torch.float32)
     return torch.outer(positions, inverse_frequencies)  # (n_positions, d_head / 2)
 
@@ -85,13 +89,15 @@ def rope_angles(n_positions: int, d_head: int, base: float = 10000.0, device=Non
 def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     """Rotate each pair (x_{2i}, x_{2i+1}) of features by the angle of its position.
 
-    ``x`` is (…, n, d_head) and ``angles`` is (n, d_head/2) from :func:`rope_angles`, or, when
-    the sequences of a batch sit at different positions (generation with a KV cache), one table
-    per sequence, (batch, 1, n, d_head/2). Pairs are adjacent features, as in the RoFormer paper.
+    ``x`` is (…, n, d_head) and ``angles`` is (n, d_head/2) from :func:`rope_angles`,
+    or, when the sequences of a batch sit at different positions (generation with a KV
+    cache), one table per sequence, (batch, 1, n, d_head/2). Pairs are adjacent
+    features, as in the RoFormer paper.
     """
     n, d_head = x.shape[-2], x.shape[-1]
     if angles.shape[-2:] != (n, d_head // 2):
-        raise ValueError(f"angles must have shape {(n, d_head // 2)} for x of shape {tuple(x.shape)}, got {tuple(angles.shape)}")
+        raise ValueError(f"angles must have shape {(n, d_head // 2)} for x of shape "
+                         f"{tuple(x.shape)}, got {tuple(angles.shape)}")
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     even, odd = x[..., 0::2], x[..., 1::2]
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
@@ -195,7 +201,8 @@ class MultiHeadSelfAttention(nn.Module):
     to add positions to its input.
     """
 
-    def __init__(self, d_model: int, n_heads: int, bias: bool = True, rotary: bool = False, max_positions: int = 2048):
+    def __init__(self, d_model: int, n_heads: int, bias: bool = True,
+                 rotary: bool = False, max_positions: int = 2048):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
@@ -204,13 +211,18 @@ class MultiHeadSelfAttention(nn.Module):
         self.out = nn.Linear(d_model, d_model, bias=bias)
         self.rotary = rotary
         if rotary:
-            self.register_buffer("angles", rope_angles(max_positions, d_model // n_heads), persistent=False)
+            self.register_buffer("angles",
+                                 rope_angles(max_positions, d_model // n_heads),
+                                 persistent=False)
         self.last_weights: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, keep_weights: bool = False, cache: LayerCache | None = None) -> torch.Tensor:
-        """Causal self-attention over ``x`` (batch, n, d_model); with ``cache``, also over the tokens stored in it."""
+    def forward(self, x: torch.Tensor, keep_weights: bool = False,
+                cache: LayerCache | None = None) -> torch.Tensor:
+        """Causal self-attention over ``x`` (batch, n, d_model); with ``cache``, also
+        over the tokens stored in it."""
         if x.dim() != 3:
-            raise ValueError(f"expected input of shape (batch, positions, d_model), got {tuple(x.shape)}")
+            raise ValueError("expected input of shape (batch, positions, d_model), "
+                             f"got {tuple(x.shape)}")
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         q, k, v = (split_heads(t, self.n_heads) for t in (q, k, v))
         n = x.shape[1]
@@ -219,7 +231,8 @@ class MultiHeadSelfAttention(nn.Module):
                 q, k = apply_rope(q, self.angles[:n]), apply_rope(k, self.angles[:n])
             mask = causal_mask(n, device=x.device)
         else:
-            if self.rotary:  # each text's tokens rotate by their own positions, which padding does not shift
+            # tokens rotate by their own text's positions, which padding does not shift
+            if self.rotary:
                 angles = self.angles[cache.positions(n)].unsqueeze(1)
                 q, k = apply_rope(q, angles), apply_rope(k, angles)
             k, v, mask = cache.store(k, v)
@@ -227,7 +240,8 @@ class MultiHeadSelfAttention(nn.Module):
             out, weights = scaled_dot_product_attention(q, k, v, mask)
             self.last_weights = weights.detach()
         elif cache is None:
-            # The fused kernel gives the same numbers faster and never builds the n×n matrix in memory.
+            # The fused kernel gives the same numbers faster and never builds the n×n
+            # matrix in memory.
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -247,7 +261,8 @@ def attention_flops(n: int, d_model: int) -> dict[str, int]:
     """
     projections = 2 * 4 * n * d_model * d_model
     scores_and_mixing = 2 * 2 * n * n * d_model
-    return {"projections": projections, "scores_and_mixing": scores_and_mixing, "total": projections + scores_and_mixing}
+    return {"projections": projections, "scores_and_mixing": scores_and_mixing,
+            "total": projections + scores_and_mixing}
 
 
 def kv_cache_bytes(n_layers: int, n_positions: int, d_model: int, batch: int = 1, bytes_per_value: int = 2,
@@ -266,8 +281,10 @@ def kv_cache_bytes(n_layers: int, n_positions: int, d_model: int, batch: int = 1
     return 2 * n_layers * n_kv_heads * d_head * n_positions * batch * bytes_per_value
 
 
-def decoding_attention_flops(n_generated: int, d_model: int, prompt: int = 0, cached: bool = True) -> int:
-    """Attention FLOPs for generating ``n_generated`` tokens one at a time after a prompt.
+def decoding_attention_flops(n_generated: int, d_model: int, prompt: int = 0,
+                             cached: bool = True) -> int:
+    """Attention FLOPs for generating ``n_generated`` tokens one at a time after a
+    prompt.
 
     Without a cache, step t recomputes the whole prefix of length L = prompt + t;
     with one, step t projects only the new token and attends over L keys.
@@ -282,8 +299,11 @@ def decoding_attention_flops(n_generated: int, d_model: int, prompt: int = 0, ca
     return total
 
 
-def stable_softmax(scores: torch.Tensor, dim: int = -1, temperature: float = 1.0) -> torch.Tensor:
-    """exp((s_i - max s) / T) / Σ_j exp((s_j - max s) / T)  — equation (eq-softmax-stable) of Chapter 2.
+def stable_softmax(scores: torch.Tensor, dim: int = -1,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """exp((s_i - max s) / T) / Σ_j exp((s_j - max s) / T).
+
+    Equation (eq-softmax-stable) of Chapter 2.
 
     Equal to the plain softmax of s / T for every finite input, because the
     softmax ignores a constant added to all scores.

@@ -38,7 +38,10 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> float:
 
 
 def perplexity(mean_cross_entropy: float) -> float:
-    """exp(mean cross-entropy in nats): the number of equally likely choices the model is as unsure as."""
+    """exp(mean cross-entropy in nats).
+
+    The number of equally likely choices the model is as unsure as.
+    """
     return math.exp(mean_cross_entropy)
 
 

@@ -84,7 +84,10 @@ def merge_pair(words: Words, pair: Pair) -> Words:
 
 
 def bpe_merge_step(words: Words) -> tuple[Pair, Words]:
-    """One BPE merge: the most frequent pair (ties: the smallest pair in sorted order) and the corpus after merging it."""
+    """One BPE merge: the most frequent pair and the corpus after merging it.
+
+    Ties go to the smallest pair in sorted order.
+    """
     counts = pair_counts(words)
     if not counts:
         raise ValueError("no word has two symbols left: nothing to merge")
