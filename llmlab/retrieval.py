@@ -121,7 +121,7 @@ def words_of(text: str) -> list[str]:
 
 
 class BM25:
-    """Okapi BM25 (Robertson et al., "Okapi at TREC-3", 1994; Robertson and Zaragoza 2009) over a list of texts.
+    """Okapi BM25 (Robertson et al., "Okapi at TREC-3", 1995; Robertson and Zaragoza 2009) over a list of texts.
 
     score(q, d) = sum over the distinct terms t of q of  qtf(t) * idf(t) * tf(t, d) * (k1 + 1)
                                                           / (tf(t, d) + k1 * (1 - b + b * |d| / avgdl))
@@ -130,7 +130,7 @@ class BM25:
     term's count in the query. k1 = 1.2 says how fast repeats stop adding (tf saturates towards
     k1 + 1); b = 0.75 how much a long document is discounted for being long; both are the values
     Robertson and Zaragoza give as usual. idf(t) = ln(1 + (N - n(t) + 0.5) / (n(t) + 0.5)) is the
-    Robertson-Sparck Jones weight with 1 added inside the log, as Lucene does, because the bare
+    Robertson-Sparck Jones weight (1976) with 1 added inside the log, as Lucene does, because the bare
     weight is negative for a term in more than half the documents, and a matching word would then
     lower a document's score.
 
@@ -221,7 +221,7 @@ class DenseIndex:
 
 # --- hybrid: reciprocal-rank fusion ---------------------------------------------------------------
 
-RRF_K = 60  # Cormack, Clarke and Buettcher (2009) chose 60; it damps the difference between ranks 1 and 2
+RRF_K = 60  # Cormack, Clarke and Buettcher (2009) fixed 60 in a pilot; a large k keeps one list's top item from outweighing agreement
 
 
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[Hashable]], k: int = RRF_K) -> list[tuple[Hashable, float]]:

@@ -5,10 +5,10 @@ few thousand passages, but its time grows with the collection. An approximate in
 time that grows far more slowly, and in exchange sometimes misses a true nearest neighbour.
 ``recall_vs_latency`` measures both sides of that trade on your own vectors.
 
-Why FAISS (Johnson, Douze and Jegou 2019; Douze et al. 2024): ``pip install faiss-cpu`` brings one
+Why FAISS (Johnson, Douze and Jegou 2021; Douze et al. 2024): ``pip install faiss-cpu`` brings one
 wheel whose only requirements are NumPy and packaging; it runs in the notebook's process (nothing
 to start), offline, on CPU; and the exact index (``IndexFlatIP``) and the graph index HNSW
-(``IndexHNSWFlat``, Malkov and Yashunin 2018) sit behind one interface, with HNSW's knobs (links
+(``IndexHNSWFlat``, Malkov and Yashunin 2020) sit behind one interface, with HNSW's knobs (links
 per node, the beam widths at build and at search time) in plain view. It is a library, not a
 database: it keeps vectors, not documents, owners or updates across processes. A collection that
 outgrows one machine moves to a vector database server; with Qdrant, for instance, the client
@@ -43,7 +43,7 @@ def import_faiss():
 class VectorIndex:
     """Unit vectors searched by inner product (cosine): ``kind="exact"`` compares with every vector, ``"hnsw"`` walks a graph.
 
-    HNSW (Malkov and Yashunin 2018) links each vector to ``links`` near neighbours on several
+    HNSW (Malkov and Yashunin 2020) links each vector to ``links`` near neighbours on several
     layers and answers a query by a greedy walk that keeps the ``ef_search`` best candidates met so
     far: a wider beam finds more of the true neighbours and costs more time. ``ef_construction`` is
     the same beam when the graph is built: a better graph for a slower build.
