@@ -530,3 +530,11 @@ def test_the_benchmark_runs_at_smoke_and_prints_its_table(capsys):
     assert "KL(DPO ‖ SFT" in printed and "-> DPO starts from SFT" in printed
     assert any(line.startswith("constant reply") for line in printed.splitlines())
     assert "task metric constant reply:" in printed and "same step" in printed and "no unrequested item" in printed
+
+
+def test_the_seed_option_belongs_to_the_sft_benchmark_only(capsys):
+    from llmlab.bench import main
+
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--preset", "smoke", "--seed", "1"])
+    assert "--seed applies to the sft benchmark only, not to pretrain" in capsys.readouterr().err
