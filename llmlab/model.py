@@ -4,6 +4,12 @@ Token embeddings (+ learned positions unless attention is rotary) → blocks of
 [LayerNorm → causal multi-head attention → residual, LayerNorm → MLP → residual]
 → final LayerNorm → a linear layer to vocabulary logits. The attention class and the block class
 are parameters, so that a learner's own attention (Lab 2) or block (Lab 3) can be dropped in.
+
+The defaults build GPT-2's architecture. Three options of ``GPTConfig`` take changes from the
+modded-nanoGPT speedrun (Jordan et al. 2024) that make small models train faster: a ReLU² MLP
+(``activation="relu2"``, So et al. 2021), residual projections and an untied output layer that
+start at zero (``zero_init_projections``), and logits soft-capped by ``cap · tanh(logits / cap)``
+(``logit_softcap``, as in Gemma 2).
 """
 
 from __future__ import annotations
@@ -22,6 +28,14 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
+def relu_squared(x: torch.Tensor) -> torch.Tensor:
+    """max(0, x)²: the MLP activation of So et al. (2021), used by the modded-nanoGPT speedrun."""
+    return F.relu(x).square()
+
+
+ACTIVATIONS = {"gelu": F.gelu, "relu2": relu_squared}
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int
@@ -33,6 +47,15 @@ class GPTConfig:
     rotary: bool = False
     bias: bool = True
     tie_weights: bool = True
+    activation: str = "gelu"  # or "relu2": max(0, x)²
+    zero_init_projections: bool = False  # attention and MLP outputs (and an untied lm_head) start at zero
+    logit_softcap: float | None = None  # logits → cap · tanh(logits / cap)
+
+    def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if self.logit_softcap is not None and self.logit_softcap <= 0:
+            raise ValueError(f"logit_softcap must be positive (or None), got {self.logit_softcap}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -44,9 +67,10 @@ class MLP(nn.Module):
         self.up = nn.Linear(config.d_model, 4 * config.d_model, bias=config.bias)
         self.down = nn.Linear(4 * config.d_model, config.d_model, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.activation = ACTIVATIONS[config.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.gelu(self.up(x))))
+        return self.dropout(self.down(self.activation(self.up(x))))
 
 
 class Block(nn.Module):
@@ -90,6 +114,13 @@ class GPT(nn.Module):
             if name.endswith(("out.weight", "down.weight")):
                 # Scale the residual-stream projections down with depth, as GPT-2 does, so the sum of blocks stays O(1).
                 nn.init.normal_(parameter, mean=0.0, std=0.02 / (2 * config.n_layers) ** 0.5)
+        if config.zero_init_projections:
+            # Every block then starts as the identity, and an untied output layer
+            # gives equal logits: the first prediction is the uniform guess.
+            untied_head = () if config.tie_weights else ("lm_head.weight",)
+            for name, parameter in self.named_parameters():
+                if name.endswith(("out.weight", "down.weight", *untied_head)):
+                    nn.init.zeros_(parameter)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -130,7 +161,11 @@ class GPT(nn.Module):
                 x = block(x, keep_weights=keep_weights, cache=LayerCache(cache, layer))
         if cache is not None:
             cache.advance(n)
-        return self.lm_head(self.final_norm(x))
+        logits = self.lm_head(self.final_norm(x))
+        if self.config.logit_softcap is not None:
+            # A smooth bound on every logit: near-identity for small ones, at most ±cap for large ones.
+            logits = self.config.logit_softcap * torch.tanh(logits / self.config.logit_softcap)
+        return logits
 
     def new_cache(self, batch: int = 1, max_tokens: int | None = None) -> KVCache:
         """An empty KV cache for ``batch`` texts of up to ``max_tokens`` tokens (default: the context), on the model's device."""

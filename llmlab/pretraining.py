@@ -29,23 +29,85 @@ import numpy as np
 import torch
 
 from llmlab.costs import training_flops, transformer_matrix_parameters
-from llmlab.lm import CharCorpus, HeldOutLoss, random_windows, shakespeare_corpus, validation_loss
+from llmlab.lm import (
+    CharCorpus,
+    HeldOutLoss,
+    random_windows,
+    shakespeare_corpus,
+    validation_loss,
+)
 from llmlab.metrics import perplexity
 from llmlab.model import GPT, Block, GPTConfig
+from llmlab.optimizers import muon_groups
 from llmlab.presets import PRESET_NAMES, lab_settings
-from llmlab.runtime import describe_machine, pick_device, pick_precision, preset_name, seed_everything
-from llmlab.training import History, data_parallel_processes, start_process_group, stop_process_group, train
+from llmlab.runtime import (
+    describe_machine,
+    pick_device,
+    pick_precision,
+    preset_name,
+    seed_everything,
+)
+from llmlab.training import (
+    History,
+    adamw_groups,
+    data_parallel_processes,
+    start_process_group,
+    stop_process_group,
+    train,
+)
 
 # The settings that define a run: a checkpoint written with other values of these is not resumed.
 RUN_KEYS = ("context", "d_model", "n_heads", "n_layers", "dropout", "rotary", "bias", "batch_size", "steps",
             "learning_rate", "warmup_steps", "weight_decay", "betas", "clip_norm", "characters")
+
+# What a preset that leaves these out trains with: GPT-2's architecture, AdamW and a cosine decay to 10 % of the peak.
+# They join a checkpoint's run settings only where a preset sets them, so older checkpoints still resume.
+RECIPE_DEFAULTS = {"tie_weights": True, "activation": "gelu", "zero_init_projections": False,
+                   "logit_softcap": None, "optimizer": "adamw", "muon_learning_rate": None,
+                   "muon_weight_decay": 0.0, "schedule": "cosine", "decay_fraction": None,
+                   "floor_ratio": 0.1}
+
+
+def recipe(settings: dict, name: str):
+    """A recipe setting of ``settings``, or what a preset without it trains with (``RECIPE_DEFAULTS``)."""
+    return settings.get(name, RECIPE_DEFAULTS[name])
+
+
+def baseline_settings(settings: dict) -> dict:
+    """The settings with GPT-2's recipe (``RECIPE_DEFAULTS``) and the preset's ``baseline`` values (the batch,
+    steps and rates it trained with before it took the speedrun's changes), where it has them."""
+    return settings | RECIPE_DEFAULTS | settings.get("baseline", {})
 
 
 def model_config(settings: dict, vocab_size: int) -> GPTConfig:
     return GPTConfig(
         vocab_size=vocab_size, context=settings["context"], d_model=settings["d_model"], n_heads=settings["n_heads"],
         n_layers=settings["n_layers"], dropout=settings["dropout"], rotary=settings["rotary"], bias=settings["bias"],
+        tie_weights=recipe(settings, "tie_weights"), activation=recipe(settings, "activation"),
+        zero_init_projections=recipe(settings, "zero_init_projections"), logit_softcap=recipe(settings, "logit_softcap"),
     )
+
+
+def parameter_groups(settings: dict, model: GPT) -> list[dict]:
+    """AdamW for every parameter (``training.adamw_groups``), or, with ``optimizer="muon"``, Muon for the
+    hidden matrices at ``muon_learning_rate`` (decay ``muon_weight_decay``) and AdamW for the rest at ``learning_rate``."""
+    name = recipe(settings, "optimizer")
+    if name == "adamw":
+        return adamw_groups(model, settings["learning_rate"], settings["weight_decay"])
+    if name == "muon":
+        return muon_groups(model, settings["learning_rate"], settings["muon_learning_rate"], settings["weight_decay"],
+                           muon_weight_decay=recipe(settings, "muon_weight_decay"))
+    raise ValueError(f"optimizer must be 'adamw' or 'muon', got {name!r}")
+
+
+def decay_steps(settings: dict) -> int | None:
+    """The trapezoidal schedule's decay, ``decay_fraction`` of the steps (at least 1); None for the cosine."""
+    schedule = recipe(settings, "schedule")
+    if schedule == "cosine":
+        return None
+    if schedule != "trapezoidal":
+        raise ValueError(f"schedule must be 'cosine' or 'trapezoidal', got {schedule!r}")
+    return max(1, round(settings["steps"] * settings["decay_fraction"]))
 
 
 def proportional_warmup(settings: dict, steps: int) -> int:
@@ -126,6 +188,9 @@ def pretrain(settings: dict, device: torch.device | None = None, corpus: CharCor
         learning_rate=settings["learning_rate"],
         device=device,
         precision=pick_precision(device),
+        parameter_groups=parameter_groups(settings, model),
+        floor_ratio=recipe(settings, "floor_ratio"),
+        decay_steps=decay_steps(settings),
         evaluate=lambda: {"val_loss": validation(model)},
         eval_every=settings["eval_every"],
         warmup_steps=settings["warmup_steps"],
@@ -139,7 +204,8 @@ def pretrain(settings: dict, device: torch.device | None = None, corpus: CharCor
         data_generator=data_generator,
         stop_after_step=stop_after_step,
         # the batch is the whole step's, so a run may resume with another number of processes or micro-batches
-        run_settings={key: settings.get(key) for key in RUN_KEYS} | {"seed": seed},
+        run_settings={key: settings.get(key) for key in RUN_KEYS} | {key: settings[key] for key in RECIPE_DEFAULTS if key in settings}
+        | {"seed": seed},
         checkpoint_metadata={"alphabet": corpus.tokenizer.alphabet, "processes": processes, "accumulation_steps": accumulation_steps},
         accumulation_steps=accumulation_steps,
     )

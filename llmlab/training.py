@@ -1,6 +1,7 @@
 """The course's one training loop, readable top to bottom: batch, forward, loss, backward, clip, step.
 
-Around that core: a warm-up + cosine learning-rate schedule, gradient clipping (the norm before
+Around that core: a warm-up + cosine learning-rate schedule (or a trapezoidal one: warm-up,
+constant, linear decay), AdamW or Muon for the hidden matrices (``llmlab.optimizers``), gradient clipping (the norm before
 clipping is recorded), mixed precision where the GPU supports it, periodic evaluation, a
 progress bar, and checkpoints that resume exactly where a run was interrupted. Every lab trains
 with it: the character models of Lab 1, the reversal task of Lab 2, the GPT of Lab 3 and the
@@ -30,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from llmlab.checkpoint import load_checkpoint, save_checkpoint
 from llmlab.metrics import token_cross_entropy
+from llmlab.optimizers import MuonWithAdamW
 from llmlab.progress import tqdm
 from llmlab.runtime import Precision, autocast, grad_scaler, pick_device, pick_precision
 
@@ -41,6 +43,25 @@ def cosine_learning_rate(step: int, total_steps: int, peak: float, warmup_steps:
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     floor = floor_ratio * peak
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
+
+
+def trapezoidal_learning_rate(step: int, total_steps: int, peak: float, warmup_steps: int, decay_steps: int,
+                              floor_ratio: float = 0.0) -> float:
+    """Warm-up, stable, decay: linear warm-up to ``peak``, ``peak`` held, then a straight line down to
+    ``floor_ratio · peak`` over the last ``decay_steps`` steps (reached at ``total_steps``).
+
+    Unlike the cosine, the rate stays at its peak for most of the run; the decay at the end is what
+    brings the loss down (Hägele et al. 2024), and decaying to zero does best (Bergsma et al. 2025).
+    """
+    if not 0 < decay_steps <= total_steps:
+        raise ValueError(f"decay_steps must be between 1 and total_steps ({total_steps}), got {decay_steps}")
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    decay_start = total_steps - decay_steps
+    if step < decay_start:
+        return peak
+    progress = min(1.0, (step - decay_start) / decay_steps)
+    return peak - (1 - floor_ratio) * peak * progress
 
 
 @dataclass
@@ -212,15 +233,18 @@ def train(
     run_settings: dict | None = None,
     checkpoint_metadata: dict | None = None,
     accumulation_steps: int = 1,
+    decay_steps: int | None = None,
 ) -> History:
-    """Train ``model`` for ``steps`` optimiser steps with AdamW and a warm-up + cosine schedule.
+    """Train ``model`` for ``steps`` optimiser steps with AdamW (or Muon) and a warm-up + cosine (or trapezoidal) schedule.
 
     ``next_batch()`` returns a batch on ``device`` and ``loss_fn(model, batch)`` its mean loss
     (by default the cross-entropy of ``model(inputs)`` against ``targets``). AdamW decays only
     matrices, at one peak rate ``learning_rate``; ``parameter_groups`` (dicts with ``params``,
     ``weight_decay`` and ``peak_learning_rate``) replaces that, e.g. to give a new head a higher
     rate than a pretrained body. Each group's rate follows the schedule from its own peak down to
-    ``floor_ratio`` of it. ``evaluate()`` runs every ``eval_every`` steps and at the end, in eval
+    ``floor_ratio`` of it; with ``decay_steps`` the schedule is ``trapezoidal_learning_rate`` instead of
+    the cosine. Groups marked ``"algorithm": "muon"`` (``optimizers.muon_groups``) make the optimiser
+    ``optimizers.MuonWithAdamW``: Muon for those, AdamW for the rest. ``evaluate()`` runs every ``eval_every`` steps and at the end, in eval
     mode without gradients.
 
     With ``checkpoint_path`` the run saves a checkpoint every ``checkpoint_every`` steps and at
@@ -247,7 +271,8 @@ def train(
     warmup_steps = max(1, steps // 20) if warmup_steps is None else warmup_steps
     model.to(device).train()
     groups = parameter_groups if parameter_groups is not None else adamw_groups(model, learning_rate, weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
+    uses_muon = any(group.get("algorithm") == "muon" for group in groups)
+    optimizer = (MuonWithAdamW if uses_muon else torch.optim.AdamW)(groups, lr=learning_rate, betas=betas)
     scaler = grad_scaler(device, precision)
     history, first_step, seconds_before = History(), 0, 0.0
     rank, processes = data_parallel_processes()
@@ -314,7 +339,13 @@ def train(
                     disable=not is_main)
     for step in progress:
         for group in optimizer.param_groups:
-            group["lr"] = cosine_learning_rate(step, steps, group.get("peak_learning_rate", learning_rate), warmup_steps, floor_ratio)
+            peak = group.get("peak_learning_rate", learning_rate)
+            if decay_steps is None:
+                group["lr"] = cosine_learning_rate(step, steps, peak, warmup_steps, floor_ratio)
+            else:
+                group["lr"] = trapezoidal_learning_rate(
+                    step, steps, peak, warmup_steps, decay_steps, floor_ratio
+                )
         optimizer.zero_grad(set_to_none=True)
         loss = accumulate_gradients(trained, next_batch, loss_fn, device, precision, scaler, accumulation_steps)
         if not math.isfinite(loss):

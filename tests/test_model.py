@@ -96,3 +96,24 @@ def test_gpt_builds_its_blocks_from_block_cls():
     tokens = torch.randint(0, 11, (2, 8))
     assert not torch.allclose(default(tokens), scaled(tokens))
     assert all(type(block) is Block for block in GPT(config).blocks)
+
+
+def test_speedrun_options_relu_squared_zero_init_and_soft_cap():
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=13, context=8, d_model=16, n_heads=2, n_layers=2, tie_weights=False,
+                       activation="relu2", zero_init_projections=True, logit_softcap=2.0)
+    model = GPT(config)
+    tokens = torch.randint(0, 13, (3, 8))
+    # Zero output projections and a zero, untied output layer: every logit 0, the loss exactly ln V.
+    assert token_cross_entropy(model(tokens), tokens).item() == pytest.approx(math.log(13), abs=1e-6)
+    assert model.lm_head.weight is not model.token_embedding.weight
+    x = torch.linspace(-3, 3, 7)
+    assert torch.equal(model.blocks[0].mlp.activation(x), torch.relu(x) ** 2)
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 10.0)  # huge logits, which the cap must bound
+    logits = model(tokens)
+    assert logits.abs().max() <= 2.0 and logits.abs().max() > 1.9  # tanh saturates to the cap in float32
+    with pytest.raises(ValueError, match="activation must be one of"):
+        GPTConfig(vocab_size=5, context=4, activation="swish")
+    with pytest.raises(ValueError, match="logit_softcap must be positive"):
+        GPTConfig(vocab_size=5, context=4, logit_softcap=0.0)
