@@ -11,7 +11,8 @@ Lab 7 grounds answers in documents. Everything a retriever does is here, small e
 - ``recall_at_k`` and ``mean_reciprocal_rank`` measure a ranking against the gold passages, each
   with a 95 % interval (Wilson for recall, a percentile bootstrap for MRR).
 
-    chunks = chunk_documents([(p.id, p.text) for p in passages], size=100, overlap=20)
+    chunks = chunk_documents([(p.id, p.text) for p in passages], size=100, overlap=20,
+                             headers={p.id: p.title for p in passages})
     retriever = Retriever(chunks, embed=llmlab.embeddings.embed, tenant_of={p.id: "public" for p in passages})
     hits = retriever.search("who wrote the iliad", k=5, method="hybrid", user_tenants={"public"})
 """
@@ -39,20 +40,27 @@ class Chunk:
     start: int  # index of the chunk's first word in the document's ``text.split()``
     end: int  # one past its last word, so the chunk is words[start:end]
     text: str
+    header: str = ""  # e.g. the document's title: searched with the chunk, but not part of what it quotes
 
     @property
     def id(self) -> str:
         return f"{self.document_id}:{self.start}-{self.end}"
 
+    @property
+    def searchable_text(self) -> str:
+        """What BM25 and the embedder see: the header, then the words. A chunk from the middle of a
+        page no longer says what the page is about; its title does."""
+        return f"{self.header}. {self.text}" if self.header else self.text
 
-def chunk_words(document_id: str, text: str, size: int, overlap: int) -> list[Chunk]:
+
+def chunk_words(document_id: str, text: str, size: int, overlap: int, header: str = "") -> list[Chunk]:
     """``text`` cut into windows of ``size`` words, each starting ``size - overlap`` words after the last.
 
     The overlap exists because a sentence cut at a window's edge would otherwise be whole in no
     chunk; with ``overlap`` words repeated, any span of up to ``overlap + 1`` words lies whole in one
     chunk. The last window ends at the last word (it may be shorter), and no window lies wholly
     inside the one before it. Words are whitespace-separated, which is what CLAP NQ's tokenised
-    text gives.
+    text gives. ``header`` goes with every chunk (see ``Chunk.searchable_text``) and moves no offset.
     """
     if size < 1:
         raise ValueError(f"chunk size must be at least 1 word, got {size}")
@@ -64,19 +72,26 @@ def chunk_words(document_id: str, text: str, size: int, overlap: int) -> list[Ch
     chunks, start = [], 0
     while True:
         end = min(start + size, len(words))
-        chunks.append(Chunk(document_id, start, end, " ".join(words[start:end])))
+        chunks.append(Chunk(document_id, start, end, " ".join(words[start:end]), header))
         if end == len(words):
             return chunks
         start += size - overlap
 
 
-def chunk_documents(documents: Sequence[tuple[str, str]], size: int, overlap: int) -> list[Chunk]:
-    """Every document of ``documents`` (pairs of id and text) chunked by :func:`chunk_words`, in order."""
+def chunk_documents(documents: Sequence[tuple[str, str]], size: int, overlap: int,
+                    headers: Mapping[str, str] | None = None) -> list[Chunk]:
+    """Every document of ``documents`` (pairs of id and text) chunked by :func:`chunk_words`, in order.
+
+    ``headers`` maps a document id to the header its chunks carry (a title, say); documents it
+    does not name get none.
+    """
+    headers = headers or {}
     ids = [document_id for document_id, _ in documents]
     repeated = [document_id for document_id, count in Counter(ids).items() if count > 1]
     if repeated:
         raise ValueError(f"document ids must be unique; repeated: {repeated[:5]}")
-    return [chunk for document_id, text in documents for chunk in chunk_words(document_id, text, size, overlap)]
+    return [chunk for document_id, text in documents
+            for chunk in chunk_words(document_id, text, size, overlap, headers.get(document_id, ""))]
 
 
 # --- ranking, with permissions applied first ----------------------------------------------------
@@ -266,7 +281,7 @@ class Retriever:
         if not chunks:
             raise ValueError("a retriever needs at least one chunk")
         self.chunks = list(chunks)
-        texts = [chunk.text for chunk in self.chunks]
+        texts = [chunk.searchable_text for chunk in self.chunks]
         self.bm25 = BM25(texts, k1, b)
         self.dense = DenseIndex(texts, embed) if embed is not None else None
         self.tenants = None

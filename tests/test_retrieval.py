@@ -111,6 +111,15 @@ def test_any_span_of_overlap_plus_one_words_lies_whole_in_a_chunk():
         assert chunks[-1].end == n and all(b.start > a.start and b.end > a.end for a, b in zip(chunks, chunks[1:]))
 
 
+def test_a_header_goes_with_every_chunk_and_moves_no_offset():
+    plain = retrieval.chunk_documents([("doc", TEN_WORDS)], 4, 1)
+    titled = retrieval.chunk_documents([("doc", TEN_WORDS), ("other", "x y")], 4, 1, headers={"doc": "Zebra"})
+    assert [(c.start, c.end, c.text) for c in titled[:-1]] == [(c.start, c.end, c.text) for c in plain]
+    assert all(c.searchable_text == f"Zebra. {c.text}" for c in titled[:-1]) and titled[-1].searchable_text == "x y"
+    retriever = Retriever(titled)
+    assert len(retriever.search("zebra", k=10, method="bm25")) == len(plain), "every chunk of doc is found by its title"
+
+
 def test_chunking_rejects_bad_arguments():
     for size, overlap in [(0, 0), (4, 4), (4, -1)]:
         with pytest.raises(ValueError):
