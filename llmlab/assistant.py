@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from llmlab.data import DataFileError, data_file
+from llmlab.economics import most_errors_under_cap
 from llmlab.embeddings import nearest_neighbours
+from llmlab.instruct import wilson_interval
 
 ANSWERS_FILE = "banking77/answers.csv"
 
@@ -161,9 +163,41 @@ def threshold_sweep(confidences, correct, thresholds=None) -> list[dict]:
     return rows
 
 
-def pick_operating_point(sweep: list[dict], max_wrong_answer_rate: float) -> dict:
-    """The row with the highest automation rate whose wrong-answer rate is at most the limit (lowest threshold wins ties)."""
-    allowed = [row for row in sweep if row["wrong_answer_rate"] <= max_wrong_answer_rate]
+def pick_operating_point(sweep: list[dict], max_wrong_answer_rate: float, messages: int, z: float = 1.96) -> dict:
+    """The row with the highest automation rate whose wrong-answer rate is under the cap with about 95 % confidence.
+
+    ``sweep`` was measured on ``messages`` validation messages (``threshold_sweep``'s rows). A row is
+    allowed when the upper end of the Wilson interval of its wrong-answer rate (z = 1.96: the 95 %
+    interval) is at most ``max_wrong_answer_rate``. A rate *measured* just under the cap says little
+    about the true rate, which is as likely to lie above it as below; its upper bound under the cap
+    says the true rate is under it unless this validation sample was an unlucky one (about 1 in 40 for
+    the upper end of a 95 % interval). Because the wrong answers can only fall as the threshold rises,
+    the allowed thresholds are all those from the lowest allowed one up, so picking the best of them
+    needs no correction for having tried many. ``z = 0`` compares the measured rate itself with the cap
+    (the point-estimate rule). Lowest threshold wins ties. Returns the row with ``wrong_answers`` (a
+    count) and ``wrong_answer_upper_bound`` added.
+
+    What the promise assumes: the classifier is fixed once the threshold is chosen (retrained, it needs
+    a new choice on fresh messages), the validation messages and the traffic are exchangeable (drawn
+    alike: no new products, seasons or wordings), and the threshold is chosen once, not re-chosen
+    every time the bound lands on the wrong side.
+    """
+    if isinstance(messages, bool) or not isinstance(messages, (int, np.integer)) or messages < 1:
+        raise ValueError(f"messages must be the number of validation messages (an int >= 1), got {messages!r}")
+    most_errors = most_errors_under_cap(messages, max_wrong_answer_rate, z)
+    allowed = []
+    for row in sweep:
+        wrong_answers = round(row["wrong_answer_rate"] * messages)
+        if abs(wrong_answers - row["wrong_answer_rate"] * messages) > 1e-6:
+            raise ValueError(f"wrong_answer_rate {row['wrong_answer_rate']!r} at threshold {row['threshold']} is not a count of "
+                             f"{messages} messages: pass the number of messages the sweep was measured on")
+        if wrong_answers <= most_errors:
+            allowed.append({**row, "wrong_answers": wrong_answers,
+                            "wrong_answer_upper_bound": wilson_interval(wrong_answers, messages, z)[1]})
+    if most_errors < 0:
+        raise ValueError(f"no threshold can keep the wrong-answer rate at or below {max_wrong_answer_rate} with z = {z} on "
+                         f"{messages} messages: even 0 wrong answers has a higher upper bound; use more validation messages")
     if not allowed:
-        raise ValueError(f"no threshold keeps the wrong-answer rate at or below {max_wrong_answer_rate}")
+        raise ValueError(f"no threshold keeps the wrong-answer rate at or below {max_wrong_answer_rate} with z = {z} on "
+                         f"{messages} messages (at most {most_errors} wrong answers allowed)")
     return max(allowed, key=lambda row: (row["automation_rate"], -row["threshold"]))

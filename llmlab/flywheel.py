@@ -78,7 +78,7 @@ def simulate_flywheel(pool_texts: list[str], pool_vectors, pool_labels, validati
                                              embeddings=pool_vectors[labelled], device="cpu")
         confidence, predicted = _confidence_and_prediction(classifier, validation_vectors)
         threshold = pick_operating_point(threshold_sweep(confidence, predicted == np.asarray(validation_labels), thresholds),
-                                         max_wrong_answer_rate)["threshold"]
+                                         max_wrong_answer_rate, messages=len(validation_labels))["threshold"]
         confidence, predicted = _confidence_and_prediction(classifier, test_vectors)
         correct, answered = predicted == np.asarray(test_labels), confidence >= threshold
         history.append(Month(month, len(labelled), float(correct.mean()), float(threshold), float(answered.mean()),

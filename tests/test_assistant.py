@@ -64,12 +64,76 @@ def test_threshold_sweep_counts_by_hand():
     assert rows[1]["answered_accuracy"] == pytest.approx(2 / 3) and math.isnan(rows[-1]["answered_accuracy"])
     # a confidence equal to the threshold is answered
     assert support.threshold_sweep([0.5], [True], [0.5])[0]["automation_rate"] == 1.0
-    assert support.pick_operating_point(rows, 0.0)["threshold"] == 0.85
-    assert support.pick_operating_point(rows, 0.25)["threshold"] == 0.0
+    # z = 0 compares the measured rate itself with the cap (the point-estimate rule)
+    assert support.pick_operating_point(rows, 0.1, messages=4, z=0)["threshold"] == 0.85
+    assert support.pick_operating_point(rows, 0.25, messages=4, z=0)["threshold"] == 0.0
     with pytest.raises(ValueError, match="no threshold"):
-        support.pick_operating_point(rows[:2], 0.1)
+        support.pick_operating_point(rows[:2], 0.1, messages=4, z=0)
     with pytest.raises(ValueError, match="same non-zero length"):
         support.threshold_sweep([0.5, 0.6], [True])
+
+
+def validation_messages_with_wrong_answers_at(wrong_confidences, right=900, total=1000):
+    """``right`` right answers at confidence 0.95, wrong ones at the given confidences, the rest right at 0.5."""
+    confidences = [0.95] * right + list(wrong_confidences) + [0.5] * (total - right - len(wrong_confidences))
+    correct = [True] * right + [False] * len(wrong_confidences) + [True] * (total - right - len(wrong_confidences))
+    return np.array(confidences), np.array(correct)
+
+
+def test_operating_point_keeps_the_upper_bound_under_the_cap_where_the_point_estimate_does_not():
+    # 1,000 messages, 10 wrong answers at confidence 0.85 and 9 more at 0.65. At threshold 0.5 every message
+    # is answered and 19 (1.9 %) are wrong: under a 2 % cap, so the point-estimate rule takes it, but the upper
+    # end of its 95 % Wilson interval is 2.95 %. At 0.7, 10 wrong answers (1.0 %) have an upper end of 1.83 %.
+    confidences, correct = validation_messages_with_wrong_answers_at([0.85] * 10 + [0.65] * 9)
+    rows = support.threshold_sweep(confidences, correct, thresholds=[0.5, 0.7, 0.9])
+    assert support.pick_operating_point(rows, 0.02, messages=1000, z=0)["threshold"] == 0.5  # the old rule
+    chosen = support.pick_operating_point(rows, 0.02, messages=1000)
+    assert chosen["threshold"] == 0.7 and chosen["wrong_answers"] == 10
+    assert chosen["wrong_answer_upper_bound"] == pytest.approx(0.018310, abs=1e-6)
+    assert chosen["automation_rate"] == pytest.approx(0.91)
+    # 11 wrong answers (upper end 1.96 %) are still allowed on 1,000 messages, 12 (2.09 %) are not
+    confidences, correct = validation_messages_with_wrong_answers_at([0.85] * 11 + [0.65])
+    rows = support.threshold_sweep(confidences, correct, thresholds=[0.5, 0.7, 0.9])
+    assert support.pick_operating_point(rows, 0.02, messages=1000)["threshold"] == 0.7
+    confidences, correct = validation_messages_with_wrong_answers_at([0.85] * 12)
+    rows = support.threshold_sweep(confidences, correct, thresholds=[0.5, 0.7, 0.9])
+    assert support.pick_operating_point(rows, 0.02, messages=1000)["threshold"] == 0.9
+
+
+def test_operating_point_needs_the_number_of_messages_and_enough_of_them():
+    confidences, correct = validation_messages_with_wrong_answers_at([0.85] * 10)
+    rows = support.threshold_sweep(confidences, correct, thresholds=[0.5, 0.9])
+    with pytest.raises(ValueError, match="not a count of 770 messages"):
+        support.pick_operating_point(rows, 0.02, messages=770)
+    with pytest.raises(ValueError, match="messages must be"):
+        support.pick_operating_point(rows, 0.02, messages=0)
+    # on 100 messages even no wrong answer has an upper end of 3.7 %: no threshold can promise 2 %
+    confidences, correct = validation_messages_with_wrong_answers_at([], right=90, total=100)
+    rows = support.threshold_sweep(confidences, correct, thresholds=[0.5, 0.9, 1.0])
+    with pytest.raises(ValueError, match="even 0 wrong answers has a higher upper bound; use more validation"):
+        support.pick_operating_point(rows, 0.02, messages=100)
+
+
+def test_the_upper_bound_rule_keeps_the_true_rate_under_the_cap_in_most_validation_draws():
+    # A known population: confidence uniform on [0, 1], wrong with probability 0.3 (1 - c), so the true
+    # wrong-answer rate at threshold t is 0.15 (1 - t)^2, which is 2 % at t = 0.635. Draw 300 validation sets
+    # of 1,000 messages; the upper-bound rule should choose a threshold whose true rate exceeds the cap in
+    # about 2.5 % of draws (the upper end of a 95 % interval), the point-estimate rule in about half of them.
+    generator = np.random.default_rng(0)
+    thresholds = np.round(np.linspace(0, 1, 101), 2)
+    def true_rate(threshold):
+        return 0.15 * (1 - threshold) ** 2
+    over_the_cap = {"upper bound": 0, "point estimate": 0}
+    draws = 300
+    for _ in range(draws):
+        confidences = generator.random(1000)
+        correct = generator.random(1000) >= 0.3 * (1 - confidences)
+        rows = support.threshold_sweep(confidences, correct, thresholds)
+        for rule, z in (("upper bound", 1.96), ("point estimate", 0.0)):
+            chosen = support.pick_operating_point(rows, 0.02, messages=1000, z=z)
+            over_the_cap[rule] += true_rate(chosen["threshold"]) > 0.02
+    assert over_the_cap["upper bound"] <= 0.05 * draws, over_the_cap
+    assert over_the_cap["point estimate"] >= 0.3 * draws, over_the_cap
 
 
 def test_assistant_answers_above_the_threshold_and_hands_off_below():
