@@ -376,8 +376,9 @@ def torchao_weight_only_copy(model: nn.Module, bits: int, group_size: int = 128)
     point, and the layer turns the weights back into floating point to multiply. int8 keeps one scale
     per output row (``Int8WeightOnlyConfig``); int4 keeps one scale and zero point per ``group_size``
     weights of a row and runs PyTorch's CPU int4 kernel (``_weight_int4pack_mm_for_cpu``, torchao's
-    ``PrototypeInt4WeightOnlyConfig``), which takes bfloat16 activations, so the int4 copy is in
-    bfloat16 elsewhere. The output layer (tied to the embedding) and the embedding stay as they are.
+    ``PrototypeInt4WeightOnlyConfig``). The int4 copy is in bfloat16 elsewhere (activations, norms,
+    embedding and cache; the kernel takes float32 activations too). The output layer and the
+    embedding stay as they are (in Lab 5's models the output layer is tied to the embedding).
     Needs the optional ``torchao`` package (one-line ImportError without it).
     """
     if bits not in (4, 8):
