@@ -378,7 +378,7 @@ def torchao_weight_only_copy(model: nn.Module, bits: int, group_size: int = 128)
     weights of a row and runs PyTorch's CPU int4 kernel (``_weight_int4pack_mm_for_cpu``, torchao's
     ``PrototypeInt4WeightOnlyConfig``). The int4 copy is in bfloat16 elsewhere (activations, norms,
     embedding and cache; the kernel takes float32 activations too). The output layer and the
-    embedding stay as they are (in Lab 5's models the output layer is tied to the embedding).
+    embedding stay as they are (in Lab 5's large model the output layer is tied to the embedding).
     Needs the optional ``torchao`` package (one-line ImportError without it).
     """
     if bits not in (4, 8):
