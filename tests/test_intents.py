@@ -194,7 +194,9 @@ def test_benchmark_measures_on_the_smoke_preset(capsys):
     assert result["preset"] == "smoke" and result["recipe"] == "frozen"
     assert 0.3 < result["test_accuracy"] <= 1.0 and 0.0 < result["macro_f1"] <= 1.0
     assert result["train_seconds"] > 0 and result["total_seconds"] >= result["train_seconds"]
-    assert f"test accuracy {result['test_accuracy']:.4f}" in printed and "machine: cpu: " in printed
+    assert f"test accuracy {result['test_accuracy']:.4f} (95 % interval" in printed and "machine: cpu: " in printed
+    low, high = result["test_accuracy_interval"]
+    assert 0.0 <= low < result["test_accuracy"] < high <= 1.0 and high - low > 0.05  # 200 test messages: a wide interval
     with pytest.raises(ValueError, match="unknown preset 'tiny'; valid presets: smoke, cpu, gpu"):
         routing.benchmark("tiny")
 
@@ -239,3 +241,46 @@ def test_a_fine_tuning_run_cut_short_resumes_to_the_same_classifier(recipe, tmp_
     changed = dict(settings, epochs=3)
     with pytest.raises(training.SettingsMismatch, match="epochs"):
         routing.train_intent_classifier(TEXTS, LABELS, INTENTS, recipe, changed, "cpu", checkpoint_path=checkpoint)
+
+
+def test_cached_lower_layers_give_the_classifier_s_own_logits():
+    """The top layers on cached lower-layer outputs compute exactly what the whole classifier computes."""
+    from llmlab.embeddings import load_minilm, pad_batch
+
+    tokenizer, encoder = load_minilm(verbose=False)
+    model = routing.EncoderClassifier(encoder, 3, normalize=True).eval()
+    token_ids = tokenizer(TEXTS, truncation=True, max_length=32)["input_ids"]
+    states = routing.lower_layer_states(encoder, token_ids, 4, tokenizer.pad_token_id, torch.device("cpu"))
+    assert [len(s) for s in states] == [len(ids) for ids in token_ids] and states[0].shape[1] == 384
+    top = routing.TopOfClassifier(model, 4).eval()
+    with torch.no_grad():
+        from_cache = top(*routing.pad_states(states, torch.device("cpu")))
+        whole = model(*pad_batch(token_ids, tokenizer.pad_token_id, torch.device("cpu")))
+    torch.testing.assert_close(from_cache, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_top_layer_recipe_trains_only_the_top_layers_and_starts_from_the_probe(tmp_path):
+    from llmlab.embeddings import load_minilm
+
+    settings = dict(epochs=2, batch_size=4, learning_rate=2e-4, max_length=32, train_layers=1, cache_lower_layers=True,
+                    head_init="linear_probe", normalize=True, label_smoothing=0.1)
+    classifier = routing.train_intent_classifier(TEXTS, LABELS, INTENTS, "finetune", settings, "cpu")
+    _, original = load_minilm(verbose=False)
+    trained, pretrained = classifier.model.encoder.encoder.layer, original.encoder.layer
+    assert all(torch.equal(a, b) for a, b in zip(trained[:5].parameters(), pretrained[:5].parameters()))
+    assert max((a - b).abs().max().item() for a, b in zip(trained[5].parameters(), pretrained[5].parameters())) > 0
+    assert [intent for intent, _ in classifier.predict(NEW_MESSAGES)] == INTENTS
+    classifier.save(tmp_path / "top")
+    again = routing.IntentClassifier.load(tmp_path / "top", device="cpu")
+    assert again.model.normalize and again.max_length == 32
+    np.testing.assert_allclose(again.predict_proba(NEW_MESSAGES), classifier.predict_proba(NEW_MESSAGES), atol=1e-5)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(cache_lower_layers=True), "cache_lower_layers needs train_layers between 1 and 6, got None"),
+    (dict(head_init="probe"), "head_init must be 'random' or 'linear_probe', got 'probe'"),
+    (dict(head_init="linear_probe", train_layers=1, cache_lower_layers=True), "needs normalize=True and cache_lower_layers=True"),
+])
+def test_top_layer_recipe_rejects_settings_that_do_not_fit(settings, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        routing.train_intent_classifier(TEXTS, LABELS, INTENTS, "finetune", dict(epochs=1, batch_size=12, **settings), "cpu")
