@@ -341,7 +341,9 @@ def train(
         for group in optimizer.param_groups:
             peak = group.get("peak_learning_rate", learning_rate)
             if decay_steps is None:
-                group["lr"] = cosine_learning_rate(step, steps, peak, warmup_steps, floor_ratio)
+                group["lr"] = cosine_learning_rate(
+                    step, steps, peak, warmup_steps, floor_ratio
+                )
             else:
                 group["lr"] = trapezoidal_learning_rate(
                     step, steps, peak, warmup_steps, decay_steps, floor_ratio
