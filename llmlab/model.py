@@ -78,16 +78,21 @@ class Block(nn.Module):
         super().__init__()
         self.norm_attention = nn.LayerNorm(config.d_model, bias=config.bias)
         self.attention = attention_cls(
-            config.d_model, config.n_heads, bias=config.bias, rotary=config.rotary, max_positions=config.context
+            config.d_model, config.n_heads, bias=config.bias,
+            rotary=config.rotary, max_positions=config.context,
         )
         self.norm_mlp = nn.LayerNorm(config.d_model, bias=config.bias)
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, keep_weights: bool = False, cache: LayerCache | None = None) -> torch.Tensor:
-        # The cache is passed on only during cached generation, so an attention without one still fits.
-        attention_options = {"keep_weights": keep_weights} | ({"cache": cache} if cache is not None else {})
-        x = x + self.dropout(self.attention(self.norm_attention(x), **attention_options))
+    def forward(self, x: torch.Tensor, keep_weights: bool = False,
+                cache: LayerCache | None = None) -> torch.Tensor:
+        # The cache is passed on only during cached generation,
+        # so an attention without one still fits.
+        attention_options = {"keep_weights": keep_weights} | (
+            {"cache": cache} if cache is not None else {})
+        x = x + self.dropout(
+            self.attention(self.norm_attention(x), **attention_options))
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -96,24 +101,31 @@ class GPT(nn.Module):
     (so weights and checkpoints carry over) and its forward(x, keep_weights=False); only cached
     generation also passes ``cache``."""
 
-    def __init__(self, config: GPTConfig, attention_cls=MultiHeadSelfAttention, block_cls=Block):
+    def __init__(self, config: GPTConfig, attention_cls=MultiHeadSelfAttention,
+                 block_cls=Block):
         super().__init__()
         self.config = config
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
-        # Rotary attention carries position inside every attention layer, so no position table is needed.
-        self.position_embedding = None if config.rotary else nn.Embedding(config.context, config.d_model)
+        # Rotary attention carries position inside every attention layer,
+        # so no position table is needed.
+        self.position_embedding = (
+            None if config.rotary else nn.Embedding(config.context, config.d_model))
         self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(block_cls(config, attention_cls) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(
+            block_cls(config, attention_cls) for _ in range(config.n_layers))
         self.final_norm = nn.LayerNorm(config.d_model, bias=config.bias)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_weights:
-            # Input and output embeddings share one matrix (Press & Wolf 2017), as GPT-2 does.
+            # Input and output embeddings share one matrix (Press & Wolf 2017),
+            # as GPT-2 does.
             self.lm_head.weight = self.token_embedding.weight
         self.apply(self._init_weights)
         for name, parameter in self.named_parameters():
             if name.endswith(("out.weight", "down.weight")):
-                # Scale the residual-stream projections down with depth, as GPT-2 does, so the sum of blocks stays O(1).
-                nn.init.normal_(parameter, mean=0.0, std=0.02 / (2 * config.n_layers) ** 0.5)
+                # Scale the residual-stream projections down with depth, as GPT-2
+                # does, so the sum of blocks stays O(1).
+                nn.init.normal_(
+                    parameter, mean=0.0, std=0.02 / (2 * config.n_layers) ** 0.5)
         if config.zero_init_projections:
             # Every block then starts as the identity, and an untied output layer
             # gives equal logits: the first prediction is the uniform guess.

@@ -36,8 +36,10 @@ from llmlab.progress import tqdm
 from llmlab.runtime import Precision, autocast, grad_scaler, pick_device, pick_precision
 
 
-def cosine_learning_rate(step: int, total_steps: int, peak: float, warmup_steps: int, floor_ratio: float = 0.1) -> float:
-    """Linear warm-up to ``peak`` over ``warmup_steps``, then cosine decay to ``floor_ratio · peak`` at ``total_steps``."""
+def cosine_learning_rate(step: int, total_steps: int, peak: float, warmup_steps: int,
+                         floor_ratio: float = 0.1) -> float:
+    """Linear warm-up to ``peak`` over ``warmup_steps``, then cosine decay to
+    ``floor_ratio · peak`` at ``total_steps``."""
     if step < warmup_steps:
         return peak * (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
@@ -86,12 +88,16 @@ class History:
         return None
 
 
-def adamw_groups(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> list[dict]:
-    """Decay matrices (weights of linear layers and embeddings) but not biases and norm gains, all at one peak rate."""
+def adamw_groups(model: torch.nn.Module, learning_rate: float,
+                 weight_decay: float) -> list[dict]:
+    """Decay matrices (weights of linear layers and embeddings) but not biases and norm
+    gains, all at one peak rate."""
     parameters = [p for p in model.parameters() if p.requires_grad]
     return [
-        {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": weight_decay, "peak_learning_rate": learning_rate},
-        {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0, "peak_learning_rate": learning_rate},
+        {"params": [p for p in parameters if p.dim() >= 2],
+         "weight_decay": weight_decay, "peak_learning_rate": learning_rate},
+        {"params": [p for p in parameters if p.dim() < 2],
+         "weight_decay": 0.0, "peak_learning_rate": learning_rate},
     ]
 
 
@@ -166,21 +172,25 @@ def stop_process_group() -> None:
         dist.destroy_process_group()
 
 
-def accumulate_gradients(model: torch.nn.Module, next_batch: Callable[[], Any], loss_fn, device: torch.device,
-                         precision: Precision, scaler: torch.amp.GradScaler, accumulation_steps: int = 1) -> float:
-    """Forward and backward over ``accumulation_steps`` micro-batches; returns their mean loss.
+def accumulate_gradients(model: torch.nn.Module, next_batch: Callable[[], Any], loss_fn,
+                         device: torch.device, precision: Precision,
+                         scaler: torch.amp.GradScaler,
+                         accumulation_steps: int = 1) -> float:
+    """Forward and backward over ``accumulation_steps`` micro-batches.
 
-    Each micro-batch's loss is divided by ``accumulation_steps`` before its backward pass, so the
-    gradients that add up in ``.grad`` are those of the mean loss over all micro-batches, as if
-    they had been one batch. Under DistributedDataParallel each backward pass would also average
-    the gradients across processes; ``no_sync`` skips that on all but the last micro-batch,
-    since averaging the sum once gives the same result. The loss returned is the mean over the
-    processes too, so every process logs the same number.
+    Returns their mean loss. Each micro-batch's loss is divided by
+    ``accumulation_steps`` before its backward pass, so the gradients that add up in
+    ``.grad`` are those of the mean loss over all micro-batches, as if they had been one
+    batch. Under DistributedDataParallel each backward pass would also average the
+    gradients across processes; ``no_sync`` skips that on all but the last micro-batch,
+    since averaging the sum once gives the same result. The loss returned is the mean
+    over the processes too, so every process logs the same number.
     """
     step_loss = 0.0
     for micro_step in range(accumulation_steps):
         batch = next_batch()
-        communicate = micro_step == accumulation_steps - 1 or not isinstance(model, DistributedDataParallel)
+        communicate = (micro_step == accumulation_steps - 1
+                       or not isinstance(model, DistributedDataParallel))
         with contextlib.nullcontext() if communicate else model.no_sync():
             with autocast(device, precision):
                 loss = loss_fn(model, batch) / accumulation_steps
@@ -349,19 +359,24 @@ def train(
                     step, steps, peak, warmup_steps, decay_steps, floor_ratio
                 )
         optimizer.zero_grad(set_to_none=True)
-        loss = accumulate_gradients(trained, next_batch, loss_fn, device, precision, scaler, accumulation_steps)
+        loss = accumulate_gradients(trained, next_batch, loss_fn, device, precision, scaler,
+                                    accumulation_steps)
         if not math.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss} at step {step}; lower the learning rate or check the data")
+            raise FloatingPointError(f"loss became {loss} at step {step}; "
+                                     "lower the learning rate or check the data")
         gradient_norm = clip_and_step(optimizer, scaler, clip_norm)
         history.steps.append(step)
         history.losses.append(loss)
         history.grad_norms.append(gradient_norm)
         if evaluate is not None and (step % eval_every == 0 or step == steps - 1):
             run_evaluation(step)
-            progress.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.3f}" for k, v in history.evals[-1].items()})
+            progress.set_postfix(
+                loss=f"{loss:.3f}", **{k: f"{v:.3f}" for k, v in history.evals[-1].items()})
         elif step % 10 == 0:
             progress.set_postfix(loss=f"{loss:.3f}")
-        if checkpoint_path is not None and (step == last_step or (checkpoint_every and (step + 1) % checkpoint_every == 0)):
+        if checkpoint_path is not None and (
+                step == last_step
+                or (checkpoint_every and (step + 1) % checkpoint_every == 0)):
             save(step + 1)
     progress.close()
     if processes > 1:
