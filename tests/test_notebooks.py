@@ -106,7 +106,7 @@ def test_strip_solution_keeps_indentation_and_names_the_exercise():
     notebook = _exercise_notebook()
     exercise = notebooks.exercise_of(notebook.cells[0])
     stripped = notebooks.strip_solution(notebook.cells[0].source, exercise)
-    assert stripped == 'def f():\n    raise NotImplementedError("Exercise 99.1 (answer): write your code here")'
+    assert stripped == 'def f():\n    raise NotImplementedError("Exercise 99.1: write your code here")'
     with pytest.raises(ValueError, match="without"):
         notebooks.strip_solution(_exercise_notebook(end_marker=False).cells[0].source, exercise)
 
@@ -352,10 +352,12 @@ def too_wide(shown: list[tuple[str, str]]) -> list[str]:
     return [f"{where}: {columns(line)} characters: {line.strip()[:60]}" for where, line in shown if columns(line) > CODE_WIDTH]
 
 
-READER_PAGES = sorted((ROOT / "book").glob("*.md")) + SOLUTIONS
+# the student edition shows labs/ where the main site shows solutions/
+READER_PAGES = (sorted((ROOT / "book").glob("*.md")) + SOLUTIONS
+                + sorted((ROOT / "labs").glob("*.ipynb")))
 
 
-@pytest.mark.parametrize("path", READER_PAGES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", READER_PAGES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_code_shown_to_readers_fits_the_page(path):
     """No code a reader sees scrolls sideways: visible code lines are at most CODE_WIDTH characters."""
     shown = notebook_code_lines(path) if path.suffix == ".ipynb" else chapter_code_lines(path)

@@ -177,7 +177,8 @@ def strip_solution(source: str, exercise: dict) -> str:
     """Replace each BEGIN/END SOLUTION block by a NotImplementedError naming the exercise."""
     lines = source.split("\n")
     result, inside = [], False
-    message = f"Exercise {exercise['id']} ({exercise['title']}): write your code here"
+    # the id only: the exercise's title is in the text above it, and the line stays within the page's width
+    message = f"Exercise {exercise['id']}: write your code here"
     for line in lines:
         stripped = line.strip()
         if stripped == BEGIN:
