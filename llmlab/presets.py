@@ -230,9 +230,15 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
         "gpu": dict(
             context=256, d_model=384, n_heads=6, n_layers=6, dropout=0.2, rotary=True, bias=False,
             batch_size=64, steps=5000, learning_rate=1e-3, warmup_steps=100, weight_decay=0.1, betas=[0.9, 0.99], clip_norm=1.0,
+            # GPT-2's recipe (llmlab.pretraining.RECIPE_DEFAULTS), spelled out: the speedrun's changes were measured on
+            # the cpu preset only, and no gpu run has tested them yet. No ablation here (ablation_steps=None), and
+            # the baseline is the preset itself.
+            optimizer="adamw", muon_learning_rate=None, muon_weight_decay=0.0, activation="gelu", tie_weights=True,
+            zero_init_projections=False, logit_softcap=None, schedule="cosine", decay_fraction=None, floor_ratio=0.1,
             eval_every=250, eval_windows=1024, checkpoint_every=500,
-            sample_characters=1000, resume_demo_steps=200, step_check_steps=100,
+            sample_characters=1000, resume_demo_steps=200, step_check_steps=100, ablation_steps=None,
             scaling_sizes=[[32, 2], [48, 2], [64, 2], [96, 3], [128, 3], [192, 4]], scaling_budgets=[3e12, 1e13, 3e13],
+            baseline=dict(),
         ),
     },
     "01_what_is_an_llm": {
