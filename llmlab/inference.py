@@ -41,7 +41,7 @@ from torch import nn
 from llmlab.generation import Decoding, generate, generate_batch
 from llmlab.model import GPT, GPTConfig
 from llmlab.presets import lab_settings
-from llmlab.runtime import describe_machine, measure_seconds, pick_device
+from llmlab.runtime import describe_machine, measure_seconds, pick_device, shown_path
 
 GREEDY = Decoding("greedy")
 
@@ -514,21 +514,21 @@ def _as_run(run_settings: dict) -> dict:
 
 def _why_not_loaded(path: Path, settings: dict, alphabet: str) -> str | None:
     """Why the checkpoint at ``path`` is not Lab 3's finished run with ``settings``; None when it is."""
-    from llmlab.pretraining import RUN_KEYS
+    from llmlab.pretraining import run_settings
 
     if not path.is_file():
-        return f"there is no checkpoint at {path}"
+        return f"there is no checkpoint at {shown_path(path)}"
     header = checkpoint_header(path)
     saved = _as_run(header["metadata"].get("run_settings") or {})
-    wanted = _as_run({key: settings.get(key) for key in RUN_KEYS} | {"seed": 0})
+    wanted = _as_run(run_settings(settings, seed=0))
     differences = [f"{key} {saved.get(key)!r} there, {wanted.get(key)!r} here" for key in sorted(set(saved) | set(wanted))
                    if saved.get(key) != wanted.get(key)]
     if differences:
-        return f"{path} was written with other settings ({'; '.join(differences[:3])})"
+        return f"{shown_path(path)} was written with other settings ({'; '.join(differences[:3])})"
     if header["step"] < settings["steps"]:
-        return f"{path} holds step {header['step']} of {settings['steps']}, an unfinished run"
+        return f"{shown_path(path)} holds step {header['step']} of {settings['steps']}, an unfinished run"
     if header["metadata"].get("alphabet") != alphabet:
-        return f"{path} was trained on another alphabet"
+        return f"{shown_path(path)} was trained on another alphabet"
     return None
 
 
@@ -548,7 +548,7 @@ def lab3_model(preset: str, device: torch.device, corpus, checkpoint_path) -> tu
     if reason is None:
         model = GPT(model_config(settings, corpus.tokenizer.vocab_size))
         step, _, _ = load_checkpoint(path, model)
-        return model.to(device).eval(), f"loaded Lab 3's '{preset}' model from {path} (step {step} of {settings['steps']})"
+        return model.to(device).eval(), f"loaded Lab 3's '{preset}' model from {shown_path(path)} (step {step} of {settings['steps']})"
     model, history, _ = pretrain(settings, device, corpus, description=f"Lab 3's model ({preset})")
     return model.eval(), (f"trained Lab 3's '{preset}' model here ({settings['steps']} steps, {history.eval_seconds[-1]:.0f} s) "
                           f"because {reason}")

@@ -30,7 +30,7 @@ from llmlab.instruct import (
 )
 from llmlab.metrics import token_cross_entropy
 from llmlab.progress import tqdm
-from llmlab.runtime import Precision, autocast, pick_precision
+from llmlab.runtime import Precision, autocast, pick_precision, shown_path
 from llmlab.training import History, train
 
 # The linear layers of a Llama- or Qwen2-shaped decoder that LoRA adapts: attention and feed-forward.
@@ -260,6 +260,19 @@ def micro_batches(batch_size: int, micro_batch_size: int | None, name: str) -> t
     return micro, batch_size // micro
 
 
+def _checkpointing_arguments(arguments_class, checkpointing: bool) -> dict:
+    """The Trainer's switch for recomputing activations, under the name the installed transformers uses: it was
+    ``gradient_checkpointing`` until transformers 5.x renamed it ``activation_checkpointing`` (the old name still
+    works there, with a FutureWarning). Off, nothing is passed, so neither version warns."""
+    import dataclasses
+
+    if not checkpointing:
+        return {}
+    names = {field.name for field in dataclasses.fields(arguments_class)}
+    prefix = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {prefix: True, f"{prefix}_kwargs": {"use_reentrant": False}}
+
+
 def sft_train(model, train_data, collator: ChatCollator, settings: dict, learning_rate: float, device: torch.device, output_dir,
               precision: Precision | None = None, seed: int = 0) -> dict:
     """Fine-tune ``model`` on ``train_data`` (encoded conversations) with ``transformers.Trainer``; returns what it cost.
@@ -285,7 +298,7 @@ def sft_train(model, train_data, collator: ChatCollator, settings: dict, learnin
     checkpointing = bool(settings.get("gradient_checkpointing", False))
     arguments = TrainingArguments(
         output_dir=str(output_dir), per_device_train_batch_size=micro, gradient_accumulation_steps=accumulation,
-        gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        **_checkpointing_arguments(TrainingArguments, checkpointing),
         num_train_epochs=settings["sft_epochs"],
         learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, round(0.05 * steps)), weight_decay=0.01,
         max_grad_norm=1.0, logging_steps=settings["sft_log_every"], save_strategy="steps", save_steps=settings["sft_save_every"],
@@ -307,7 +320,7 @@ def sft_train(model, train_data, collator: ChatCollator, settings: dict, learnin
         trainer.train(resume_from_checkpoint=last)
     seconds = seconds_before + time.perf_counter() - started
     if last is not None:
-        print(f"resumed from {last} (delete {output_dir} to train from scratch)")
+        print(f"resumed from {shown_path(last)} (delete {shown_path(output_dir)} to train from scratch)")
     if checkpointing:  # the Trainer switched it on; the model goes back as it came, so later steps (DPO) decide for themselves
         model.gradient_checkpointing_disable()
     model.eval()

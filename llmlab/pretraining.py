@@ -68,6 +68,13 @@ RECIPE_DEFAULTS = {"tie_weights": True, "activation": "gelu", "zero_init_project
                    "floor_ratio": 0.1}
 
 
+def run_settings(settings: dict, seed: int) -> dict:
+    """What a checkpoint records of the run that wrote it; a later run (a resume, Lab 5 loading Lab 3's model) compares
+    this against its own to tell whether the checkpoint is the run it wants."""
+    return {key: settings.get(key) for key in RUN_KEYS} | {key: settings[key] for key in RECIPE_DEFAULTS if key in settings} \
+        | {"seed": seed}
+
+
 def recipe(settings: dict, name: str):
     """A recipe setting of ``settings``, or what a preset without it trains with (``RECIPE_DEFAULTS``)."""
     return settings.get(name, RECIPE_DEFAULTS[name])
@@ -204,8 +211,7 @@ def pretrain(settings: dict, device: torch.device | None = None, corpus: CharCor
         data_generator=data_generator,
         stop_after_step=stop_after_step,
         # the batch is the whole step's, so a run may resume with another number of processes or micro-batches
-        run_settings={key: settings.get(key) for key in RUN_KEYS} | {key: settings[key] for key in RECIPE_DEFAULTS if key in settings}
-        | {"seed": seed},
+        run_settings=run_settings(settings, seed),
         checkpoint_metadata={"alphabet": corpus.tokenizer.alphabet, "processes": processes, "accumulation_steps": accumulation_steps},
         accumulation_steps=accumulation_steps,
     )

@@ -159,6 +159,23 @@ def runs_folder(lab: str) -> Path:
     return folder
 
 
+def shown_path(path) -> str:
+    """``path`` as a lab prints it: inside the runs folder, from that folder's name (``runs/03_pretraining/…``, or
+    ``$LLMLAB_RUNS/03_pretraining/…`` when that variable chose the folder), so that a page shows where the file is
+    without the paths of the machine that ran it (a temporary folder, a home directory)."""
+    path = Path(path)
+    root_text = os.environ.get("LLMLAB_RUNS")
+    root = Path(root_text or "runs").expanduser()
+    for candidate in (path, path.resolve()):
+        for base in (root, root.resolve()):
+            try:
+                inside = candidate.relative_to(base)
+            except ValueError:
+                continue
+            return str(Path("$LLMLAB_RUNS" if root_text else "runs") / inside)
+    return str(path)
+
+
 def checkpoint_path(lab: str, name: str, preset: str) -> Path:
     """``<runs folder>/<name>-<preset>.safetensors``: one file per run and preset, so a smoke run never meets a cpu checkpoint."""
     return runs_folder(lab) / f"{name}-{check_preset(preset)}.safetensors"

@@ -33,7 +33,7 @@ from llmlab.checkpoint import load_checkpoint, save_checkpoint
 from llmlab.metrics import token_cross_entropy
 from llmlab.optimizers import MuonWithAdamW
 from llmlab.progress import tqdm
-from llmlab.runtime import Precision, autocast, grad_scaler, pick_device, pick_precision
+from llmlab.runtime import Precision, autocast, grad_scaler, pick_device, pick_precision, shown_path
 
 
 def cosine_learning_rate(step: int, total_steps: int, peak: float, warmup_steps: int,
@@ -307,7 +307,7 @@ def train(
         if device.type == "cuda" and own("cuda") in rng:
             torch.cuda.set_rng_state(rng[own("cuda")], device)
         if is_main:
-            print(f"resumed from {checkpoint_path} at step {first_step} of {steps} (delete that file to train from scratch)")
+            print(f"resumed from {shown_path(checkpoint_path)} at step {first_step} of {steps} (delete that file to train from scratch)")
 
     # Wrapped after loading, so every process starts from the same weights; the optimiser keeps the model's own parameters.
     trained = DistributedDataParallel(model) if processes > 1 else model

@@ -13,7 +13,8 @@ from llmlab.checkpoint import save_checkpoint
 from llmlab.generation import generate
 from llmlab.lm import shakespeare_corpus
 from llmlab.model import GPT, GPTConfig
-from llmlab.pretraining import RUN_KEYS, model_config
+from llmlab import pretraining
+from llmlab.pretraining import model_config, run_settings
 from llmlab.presets import lab_settings
 from llmlab.training import History
 
@@ -254,9 +255,9 @@ def write_checkpoint(path, corpus, step=None, alphabet=None, **changed):
     """A checkpoint as Lab 3's smoke run writes it (random weights), with some of its record changed."""
     settings = lab_settings("03_pretraining", "smoke")
     model = GPT(model_config(settings, corpus.tokenizer.vocab_size))
-    run_settings = {key: settings.get(key) for key in RUN_KEYS} | {"seed": 0} | changed
+    record = run_settings(settings, seed=0) | changed
     save_checkpoint(path, model, step=settings["steps"] if step is None else step,
-                    metadata={"run_settings": run_settings, "alphabet": alphabet or corpus.tokenizer.alphabet})
+                    metadata={"run_settings": record, "alphabet": alphabet or corpus.tokenizer.alphabet})
     return model
 
 
@@ -278,6 +279,21 @@ def test_lab3_model_loads_the_checkpoint_of_a_finished_run_of_the_same_preset(tm
     model, origin = inference.lab3_model("smoke", torch.device("cpu"), corpus, tmp_path / "checkpoint.safetensors")
     assert origin.startswith("loaded Lab 3's 'smoke' model") and not no_training
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), saved.state_dict().values()))
+
+
+def test_lab3_model_loads_what_lab3s_own_training_wrote_with_a_recipe_beyond_gpt2s(tmp_path, corpus, monkeypatch):
+    """The checkpoint comes from the real pretrain, with the recipe settings of the cpu preset (Muon, ReLU², ...): a
+    record that Lab 5 reads differently from how Lab 3 writes it would make Lab 5 retrain Lab 3's model every time."""
+    recipe = {key: value for key, value in lab_settings("03_pretraining", "cpu").items() if key in pretraining.RECIPE_DEFAULTS}
+    settings = lab_settings("03_pretraining", "smoke") | recipe | {"steps": 4, "eval_every": 4, "eval_windows": 8}
+    assert recipe["optimizer"] != pretraining.RECIPE_DEFAULTS["optimizer"], "the cpu preset no longer sets a recipe"
+    path = tmp_path / "pretraining-smoke.safetensors"
+    trained, _, _ = pretraining.pretrain(settings, torch.device("cpu"), corpus, checkpoint_path=path)
+    monkeypatch.setattr(inference, "lab_settings", lambda lab, preset: settings)
+    monkeypatch.setattr("llmlab.pretraining.pretrain", lambda *a, **k: pytest.fail("Lab 3's checkpoint was not loaded"))
+    model, origin = inference.lab3_model("smoke", torch.device("cpu"), corpus, path)
+    assert origin.startswith("loaded Lab 3's 'smoke' model"), origin
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
 
 
 @pytest.mark.parametrize("record, reason", [

@@ -243,6 +243,32 @@ def test_committed_outputs_are_tidy(path):
             assert all(a != b or a[0] != "stream" for a, b in zip(kinds, kinds[1:])), f"{path.name}: untidy stream outputs"
 
 
+# What a committed output must not show: a path of the machine that ran it (a temporary runs folder, a checkout,
+# a virtual environment), which means nothing to a reader and differs from run to run.
+MACHINE_PATH = re.compile(r"/tmp/|/home/|/work/|/Users/|site-packages|\\.venv/")
+
+
+def machine_paths(notebook) -> list[str]:
+    found = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            texts = [output.get("text", "")] + [str(v) for k, v in output.get("data", {}).items() if k.startswith("text/")]
+            found += [line for text in texts for line in str(text).splitlines() if MACHINE_PATH.search(line)]
+    return found
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_committed_outputs_name_no_path_of_the_machine_that_ran_them(path):
+    found = machine_paths(read(path))
+    assert not found, f"{path.name}: an output names a path of the machine that ran it: {found[0][:200]!r}"
+
+
+def test_the_machine_path_check_finds_a_runs_folder():
+    cell = nbformat.v4.new_code_cell("print(folder)")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="saved to /tmp/llmlab-runs-x1/04b/base-cpu\n")]
+    assert machine_paths(nbformat.v4.new_notebook(cells=[cell])) == ["saved to /tmp/llmlab-runs-x1/04b/base-cpu"]
+
+
 def test_book_exercises_use_the_labs_difficulty_scale():
     """One scale for lab and chapter exercises: every ':::{exercise} (level) title' names a level of notebooks.DIFFICULTIES."""
     for chapter in sorted((ROOT / "book").glob("*.md")):

@@ -106,3 +106,15 @@ def test_measure_seconds_reports_a_median():
     calls = []
     seconds = runtime.measure_seconds(lambda: calls.append(1), torch.device("cpu"), repeats=3, warmup=2)
     assert len(calls) == 5 and 0 <= seconds < 0.1
+
+
+def test_shown_path_hides_where_the_runs_folder_lives(tmp_path, monkeypatch):
+    from llmlab.runtime import shown_path
+
+    monkeypatch.setenv("LLMLAB_RUNS", str(tmp_path / "drive"))
+    assert shown_path(tmp_path / "drive" / "03_pretraining" / "pretraining-cpu.safetensors") \
+        == "$LLMLAB_RUNS/03_pretraining/pretraining-cpu.safetensors"
+    monkeypatch.delenv("LLMLAB_RUNS")
+    monkeypatch.chdir(tmp_path)
+    assert shown_path((tmp_path / "runs" / "04_fine_tuning" / "frozen").resolve()) == "runs/04_fine_tuning/frozen"
+    assert shown_path(tmp_path / "elsewhere.txt") == str(tmp_path / "elsewhere.txt")  # outside the runs folder: as given
