@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from llmlab.checks.core import install_reference, lab_of, lab_summary
 
-LAB_MODULES = ("lab01", "lab02", "lab03", "lab04", "lab04b", "lab05", "lab06")
+LAB_MODULES = ("lab01", "lab02", "lab03", "lab04", "lab04b", "lab05", "lab06", "lab07")
 
 
 def lab_module(lab: str):
