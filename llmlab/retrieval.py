@@ -301,22 +301,28 @@ class Retriever:
         return visible_to(self.tenants, user_tenants)
 
     def search(self, query: str, k: int, method: str = "hybrid", user_tenants: Collection[str] | None = None,
-               depth: int = 100) -> list[Hit]:
-        """The best ``k`` chunks for ``query`` that the user may see; hybrid fuses the top ``depth`` of each method."""
+               depth: int = 100, dense_scores: np.ndarray | None = None) -> list[Hit]:
+        """The best ``k`` chunks for ``query`` that the user may see; hybrid fuses the top ``depth`` of each method.
+
+        ``dense_scores``: the query's cosines with every chunk, if already computed (a row of
+        ``self.dense.scores_many``): a server embeds a whole batch of queries in one call.
+        """
         if method not in self.METHODS:
             raise ValueError(f"method must be one of {', '.join(self.METHODS)}, got {method!r}")
         if method != "bm25" and self.dense is None:
             raise ValueError(f"method {method!r} needs an embed function: Retriever(chunks, embed=...)")
         allowed = self.allowed(user_tenants)
+        if dense_scores is not None and np.shape(dense_scores) != (len(self.chunks),):
+            raise ValueError(f"dense_scores has shape {np.shape(dense_scores)}; expected ({len(self.chunks)},), one per chunk")
         if method == "bm25":
             scores = self.bm25.scores(query)
             return [Hit(self.chunks[i], float(scores[i])) for i in rank(scores, k, allowed, above=0.0)]
+        cosines = self.dense.scores(query) if dense_scores is None else dense_scores
         if method == "dense":
-            scores = self.dense.scores(query)
-            return [Hit(self.chunks[i], float(scores[i])) for i in rank(scores, k, allowed)]
+            return [Hit(self.chunks[i], float(cosines[i])) for i in rank(cosines, k, allowed)]
         # Both lists are already restricted to the user's chunks, so the fusion can only hold those.
         lexical = rank(self.bm25.scores(query), max(k, depth), allowed, above=0.0).tolist()
-        semantic = rank(self.dense.scores(query), max(k, depth), allowed).tolist()
+        semantic = rank(cosines, max(k, depth), allowed).tolist()
         return [Hit(self.chunks[i], score) for i, score in reciprocal_rank_fusion([lexical, semantic])[:k]]
 
 
