@@ -26,10 +26,12 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 
-# Both editions: the English one rebuilds every page and executes every chapter afresh (--all, cache emptied), the Chinese one
+# Both editions: the English one rebuilds every page and executes every chapter afresh (cache emptied; the chapters' code
+# runs two pages at a time first, llmlab.course.site execute-chapters, and the build reads it from the cache), the Chinese one
 # (llmlab/course/translation.py) reuses those outputs and lands in _build/html/zh_CN.
 book: $(STAMP)
 	rm -rf _build/.jupyter_cache
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m llmlab.course.site execute-chapters .
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
 		$(BIN)/jupyter-book build . --all -W -n --keep-going
 	$(BIN)/python -m llmlab.course.translation build

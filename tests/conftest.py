@@ -84,6 +84,10 @@ def pytest_collection_modifyitems(config, items):
 def _build_book(output: Path) -> Path:
     """Both editions built into ``output`` with zero warnings; returns the site's folder."""
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    # The chapters' code first, two pages at a time, into the cache the build reads: most of a build is that code.
+    from llmlab.course.translation import english_cache
+
+    course_site.execute_chapters(english_cache(output), workers=2)
     result = subprocess.run(
         [str(jupyter_book), "build", str(ROOT), "--path-output", str(output), "-W", "-n", "--keep-going"],
         capture_output=True, text=True, timeout=900,
@@ -91,6 +95,8 @@ def _build_book(output: Path) -> Path:
     log = result.stdout + result.stderr
     assert result.returncode == 0, f"jupyter-book build failed:\n{log[-6000:]}"
     assert "WARNING:" not in log, f"the build printed warnings:\n{log[-6000:]}"
+    assert "Executed notebook" not in log, "the build executed a page that execute_chapters had run already: its key in " \
+        f"the cache differs from myst-nb's (llmlab/course/site.py, _page_as_notebook):\n{log[-3000:]}"
     # The Chinese edition, as `make book` builds it: from the English build's executed chapters, into zh_CN/.
     from llmlab.course import translation
 

@@ -25,6 +25,9 @@ As a command line::
                                                   # list external resources and broken internal links
     python -m llmlab.course.site student-edition _build/student-config
                                                   # the student edition's _config.yml and _toc.yml
+    python -m llmlab.course.site execute-chapters .
+                                                  # run the chapters' code, two at a time, into the
+                                                  # execution cache that the next build reads
 """
 
 from __future__ import annotations
@@ -386,6 +389,80 @@ def write_student_edition_config(folder: Path, cache: Path | None = None) -> tup
     return config_path, toc_path
 
 
+# ---------------------------------------------------------------- the chapters' code, run side by side
+
+def chapter_pages() -> list[Path]:
+    """The pages whose code runs at every build: the MyST Markdown pages of ``_toc.yml`` with notebook top matter
+    (the labs under solutions/ are not executed by the build: they show their committed outputs)."""
+    import yaml
+    from myst_nb.core.read import is_myst_markdown_notebook
+
+    def files(entries) -> list[str]:
+        found = []
+        for entry in entries or []:
+            found += [entry["file"]] if "file" in entry else []
+            found += files(entry.get("sections")) + files(entry.get("chapters"))
+        return found
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    listed = [toc["root"]] + [name for part in toc.get("parts", []) for name in files(part.get("chapters"))]
+    paths = [ROOT / f"{name}.md" for name in listed]
+    return [path for path in paths if path.is_file() and is_myst_markdown_notebook(path.read_text(encoding="utf-8"))]
+
+
+def _page_as_notebook(path: Path):
+    """A page as myst-nb reads it for execution: its cells and metadata, hence its key in the execution cache."""
+    from myst_nb.core.read import read_myst_markdown_notebook
+    from myst_parser.config.main import MdParserConfig
+
+    return read_myst_markdown_notebook(path.read_text(encoding="utf-8"), config=MdParserConfig(), add_source_map=True,
+                                       path=str(path))
+
+
+def _execute_page(path: Path, timeout: int):
+    from jupyter_cache.executors.utils import single_nb_execution
+
+    notebook = _page_as_notebook(path)
+    result = single_nb_execution(notebook, cwd=str(path.parent), allow_errors=False, timeout=timeout, meta_override=True)
+    if result.err is not None:
+        raise RuntimeError(f"{path.relative_to(ROOT)} failed while executing:\n{result.exc_string}")
+    return notebook, result.time
+
+
+def execute_chapters(cache_folder: Path, workers: int = 2, timeout: int = 300) -> dict[str, float]:
+    """Run every chapter's code, ``workers`` pages at a time, into the jupyter-cache at ``cache_folder``.
+
+    Sphinx executes the pages of a book one after the other, and most of a build's time is that
+    execution (a kernel to start, torch to import, the page's computations). Run here first, side by
+    side, the pages are already in the cache when the build reads them, keyed exactly as myst-nb
+    keys them (their code cells and kernel), so the build uses them ("Using cached notebook") and
+    executes nothing itself. A page already cached with the same code is not run again. Returns the
+    seconds each executed page took; a page that fails stops everything with its traceback.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+
+    cache = get_cache(str(cache_folder))
+    pending = []
+    for path in chapter_pages():
+        try:
+            cache.match_cache_notebook(_page_as_notebook(path))
+        except KeyError:
+            pending.append(path)
+    seconds = {}
+    # spawn, not fork: the caller may be a test process with torch's threads running, which a fork would copy mid-state
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=multiprocessing.get_context("spawn")) as pool:
+        for path, (notebook, took) in zip(pending, pool.map(_execute_page, pending, [timeout] * len(pending))):
+            record = cache.add_nb_to_project(str(path), read_data={"type": "plugin", "name": "myst_nb_md"})
+            cache.cache_notebook_bundle(CacheBundleIn(notebook, record.uri, data={"execution_seconds": took}),
+                                        check_validity=False, overwrite=True)
+            seconds[str(path.relative_to(ROOT))] = took
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmlab.course.site", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -394,9 +471,19 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("site", type=Path, nargs="?", default=ROOT / "_build" / "html")
     student = commands.add_parser("student-edition", help="write the student edition's _config.yml and _toc.yml into a folder")
     student.add_argument("folder", type=Path)
+    execute = commands.add_parser("execute-chapters", help="run the chapters' code side by side into the execution cache of "
+                                                           "a build made with --path-output OUTPUT")
+    execute.add_argument("output", type=Path, nargs="?", default=ROOT)
+    execute.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     if args.command == "address":
         print(site_address())
+        return 0
+    if args.command == "execute-chapters":
+        from llmlab.course.translation import english_cache
+
+        for page, took in execute_chapters(english_cache(args.output), args.workers).items():
+            print(f"executed {page} in {took:.1f} s")
         return 0
     if args.command == "student-edition":
         for path in write_student_edition_config(args.folder):
