@@ -345,9 +345,10 @@ class GroundedAssistant:
             allowed = self.retriever.allowed(tenants)
             candidates = self.candidate_sentences(hits)
             similarity = self.sentence_vectors[candidates] @ vector
+            # None, not -inf, when the user may see nothing: the result must stay JSON
             scores = {
-                "retrieval": float(row[allowed].max()) if allowed.any() else -np.inf,
-                "sentence": float(similarity.max()) if candidates else -np.inf,
+                "retrieval": float(row[allowed].max()) if allowed.any() else None,
+                "sentence": float(similarity.max()) if candidates else None,
             }
             result = {
                 "answer": None,
@@ -403,7 +404,7 @@ def apply_threshold(
     gated = []
     for result in results:
         result = dict(result)
-        if result[signal] < threshold:
+        if result[signal] is None or result[signal] < threshold:
             result.update(answer=None, citations=[], abstained=True)
         gated.append(result)
     return gated
@@ -422,7 +423,7 @@ def choose_threshold(
     """
     if len(results) != len(questions):
         raise ValueError(f"{len(results)} results for {len(questions)} questions")
-    score = np.array([r[signal] for r in results])
+    score = np.array([-np.inf if r[signal] is None else r[signal] for r in results])
     answerable = np.array([q.answerable for q in questions])
     if answerable.all() or not answerable.any():
         raise ValueError(

@@ -7,6 +7,7 @@ here, for the Hugging Face plumbing, and permissions as a property over random u
 
 from __future__ import annotations
 
+import json
 import random
 import zlib
 
@@ -493,6 +494,7 @@ def test_no_user_ever_sees_or_gets_cited_a_document_of_another_tenant():
                     assert all(
                         word in cited_text for word in words_of(answer["answer"])
                     )
+                json.dumps(answer, allow_nan=False)  # what a server sends back
                 if not allowed & set(tenant_of.values()):
                     assert answer["abstained"] and answer["sources"] == []
 
