@@ -1,12 +1,16 @@
 """Lab 7's self-checks pass the reference code, name each classic mistake, and hide other cases from a memoriser
-(07.1 chunking, 07.2 reciprocal-rank fusion, 07.3 recall@k and reciprocal ranks, 07.4 filter before ranking)."""
+(07.1 chunking, 07.2 reciprocal-rank fusion, 07.3 recall@k and reciprocal ranks, 07.4 filter before ranking, 07.5 token
+F1, 07.6 citation precision, 07.7 the token mask of one constrained-decoding step)."""
 
 from __future__ import annotations
+
+import string
+from collections import Counter
 
 import numpy as np
 import pytest
 
-from llmlab import retrieval
+from llmlab import rag, retrieval, structured
 from llmlab.checks import lab07
 from llmlab.checks.core import variant
 from llmlab.retrieval import Chunk
@@ -269,3 +273,145 @@ def test_the_reference_passes_hidden_variants(exercise):
 def test_every_exercise_has_a_check_a_reference_and_points():
     assert list(lab07.EXERCISES) == list(lab07.CHECKS) == list(lab07.REFERENCES)
     assert all(points in (1, 2, 3) for _, points in lab07.EXERCISES.values())
+
+
+# --- 07.5: token F1 --------------------------------------------------------------------------------------------------
+
+PUNCTUATION = set(string.punctuation)
+
+
+def normalise_with(lower=True, punctuation="remove", articles=True):
+    def normalise(text):
+        text = text.lower() if lower else text
+        if punctuation == "remove":
+            text = "".join(ch for ch in text if ch not in PUNCTUATION)
+        elif punctuation == "space":
+            text = "".join(" " if ch in PUNCTUATION else ch for ch in text)
+        if articles:
+            text = " ".join(word for word in text.split() if word not in {"a", "an", "the"})
+        return text.split()
+    return normalise
+
+
+def f1_with(normalise=normalise_with(), shared=lambda p, r: sum((Counter(p) & Counter(r)).values()),
+            combine=lambda precision, recall: 2 * precision * recall / (precision + recall), empty_first=True,
+            raw_empty=False, both_empty=1.0, guard_no_overlap=True):
+    """Token F1 with replaceable steps."""
+    def token_f1(prediction, reference):
+        if raw_empty and (not prediction or not reference):
+            return float(prediction == reference)
+        predicted, expected = normalise(prediction), normalise(reference)
+        if empty_first and (not predicted or not expected):
+            return both_empty if not predicted and not expected else 0.0
+        common = shared(predicted, expected)
+        if guard_no_overlap and common == 0:
+            return 0.0
+        return combine(common / len(predicted), common / len(expected))
+    return token_f1
+
+
+def f1_dividing_by_an_empty_side(prediction, reference):
+    """Guards against no overlap between two non-empty texts only, so an empty side reaches the division."""
+    predicted, expected = normalise_with()(prediction), normalise_with()(reference)
+    common = sum((Counter(predicted) & Counter(expected)).values())
+    if common == 0 and predicted and expected:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+@pytest.mark.parametrize("token_f1, phrase", [
+    pytest.param(rag.token_f1, None, id="reference"),
+    pytest.param(f1_with(), None, id="rewritten"),
+    pytest.param(f1_with(normalise=str.split), "no normalisation", id="no-normalisation"),
+    pytest.param(f1_with(normalise=normalise_with(lower=False)), "not lower-cased", id="case-kept"),
+    pytest.param(f1_with(normalise=normalise_with(punctuation="keep")), "punctuation is kept", id="punctuation-kept"),
+    pytest.param(f1_with(normalise=normalise_with(punctuation="space")), "punctuation is replaced by a space",
+                 id="punctuation-to-space"),
+    pytest.param(f1_with(normalise=normalise_with(articles=False)), "the articles are kept", id="articles-kept"),
+    pytest.param(f1_with(shared=lambda p, r: len(set(p) & set(r))), "counted as a set", id="set-not-bag"),
+    pytest.param(f1_with(shared=lambda p, r: sum(token in r for token in p)), "counted as shared every time",
+                 id="repeats-counted-each-time"),
+    pytest.param(f1_with(combine=lambda precision, recall: (precision + recall) / 2), "harmonic mean",
+                 id="arithmetic-mean"),
+    pytest.param(f1_with(raw_empty=True), "emptiness is judged before normalising", id="empty-before-normalising"),
+    pytest.param(f1_with(both_empty=0.0), "two empty answers score 0", id="both-empty-zero"),
+    pytest.param(f1_dividing_by_an_empty_side, "when a side normalises to nothing, return before dividing",
+                 id="empty-divides-by-zero"),
+    pytest.param(f1_with(guard_no_overlap=False), "with no shared token precision and recall are 0",
+                 id="no-overlap-divides-by-zero"),
+    pytest.param(lambda prediction, reference: (rag.token_f1(prediction, reference), 1.0), "return one number",
+                 id="tuple"),
+])
+def test_token_f1_check(token_f1, phrase):
+    expect(lab07.check_token_f1(token_f1), phrase)
+
+
+# --- 07.6: citation precision --------------------------------------------------------------------------------------
+
+
+def precision_with(distinct=set, none=0.0, divide_by_relevant=False):
+    def citation_precision(cited, relevant):
+        if not cited and none is not None:
+            return none
+        kept = distinct(cited)
+        found = sum(document in set(relevant) for document in kept)
+        return found / (len(set(relevant)) if divide_by_relevant else len(kept))
+    return citation_precision
+
+
+@pytest.mark.parametrize("citation_precision, phrase", [
+    pytest.param(rag.citation_precision, None, id="reference"),
+    pytest.param(precision_with(), None, id="rewritten"),
+    pytest.param(precision_with(distinct=list), "a document cited twice counts once", id="duplicates-counted"),
+    pytest.param(lambda cited, relevant: len(set(cited) & set(relevant)) / len(cited) if cited else 0.0,
+                 "a document cited twice counts once", id="duplicates-in-the-denominator"),
+    pytest.param(precision_with(none=1.0), "an answer that cites nothing gets 0.0, not 1.0", id="nothing-cited-is-1"),
+    pytest.param(precision_with(none=None), "you divide by zero", id="nothing-cited-divides-by-zero"),
+    pytest.param(precision_with(divide_by_relevant=True), "this is recall", id="recall"),
+    pytest.param(lambda cited, relevant: f"{rag.citation_precision(cited, relevant):.2f}", "return one number",
+                 id="string"),
+])
+def test_citation_precision_check(citation_precision, phrase):
+    expect(lab07.check_citation_precision(citation_precision), phrase)
+
+
+# --- 07.7: the token mask of one constrained-decoding step -----------------------------------------------------------
+
+
+def masker(allowed=lambda prefix, token, valid: bool(token) and valid(prefix + token),
+           end_rule=lambda prefix, end_text, valid, complete: complete(prefix), stop_when_complete=False):
+    """token_mask with replaceable rules for an ordinary token and for the end token."""
+    def token_mask(prefix, vocabulary, is_valid_prefix, is_complete, end_token):
+        mask = np.zeros(len(vocabulary), dtype=bool)
+        for index, token in enumerate(vocabulary):
+            if index != end_token and not (stop_when_complete and is_complete(prefix)):
+                mask[index] = allowed(prefix, token, is_valid_prefix)
+        mask[end_token] = end_rule(prefix, vocabulary[end_token], is_valid_prefix, is_complete)
+        return mask
+    return token_mask
+
+
+@pytest.mark.parametrize("token_mask, phrase", [
+    pytest.param(structured.token_mask, None, id="reference"),
+    pytest.param(masker(), None, id="rewritten"),
+    pytest.param(lambda prefix, vocabulary, valid, complete, end: [bool(masker()(prefix, vocabulary, valid, complete, end)[i])
+                                                                   for i in range(len(vocabulary))], None, id="list-of-bools"),
+    pytest.param(masker(allowed=lambda prefix, token, valid: valid(prefix + token[:1])), "only their first character fits",
+                 id="first-character-only"),
+    pytest.param(masker(end_rule=lambda prefix, end_text, valid, complete: True), "the end token is always allowed",
+                 id="end-always-allowed"),
+    pytest.param(masker(end_rule=lambda prefix, end_text, valid, complete: valid(prefix)), "which is not complete yet",
+                 id="end-before-complete"),
+    pytest.param(masker(end_rule=lambda prefix, end_text, valid, complete: valid(prefix + end_text)),
+                 "which is complete, so decoding could never stop", id="end-as-text"),
+    pytest.param(masker(allowed=lambda prefix, token, valid: valid(prefix + token)), "the empty token '' is allowed",
+                 id="empty-token-allowed"),
+    pytest.param(masker(stop_when_complete=True), "a token may be allowed even when the prefix is already complete",
+                 id="nothing-after-complete"),
+    pytest.param(lambda *args: np.flatnonzero(structured.token_mask(*args)), "return a NumPy array of booleans",
+                 id="indices"),
+    pytest.param(lambda *args: structured.token_mask(*args)[:-1], "one bool per token of the vocabulary", id="short"),
+])
+def test_token_mask_check(token_mask, phrase):
+    expect(lab07.check_token_mask(token_mask), phrase)

@@ -9,11 +9,14 @@ learner's answer is the one that mistake gives.
 from __future__ import annotations
 
 import math
+import re
+import string
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from llmlab import retrieval
+from llmlab import rag, retrieval, structured
 from llmlab.checks.core import (
     LearnerCodeError,
     Mismatch,
@@ -23,6 +26,9 @@ from llmlab.checks.core import (
     seeded_python,
     self_check,
 )
+from llmlab.checks.remote import lend
+
+_PUNCTUATION = frozenset(string.punctuation)
 
 _WORDS = ("the", "river", "flows", "north", "past", "old", "mills", "and", "bridges", "into", "a", "wide", "bay",
           "where", "ships", "wait", "for", "tide", "of", "spring")
@@ -314,40 +320,38 @@ def _diagnose_recall(recall: float, expected: float, rankings, gold, k: int) -> 
     def share(cut: int | None) -> float:
         return float(np.mean([g in ranking[:cut] for ranking, g in zip(rankings, gold)]))
 
-    what = f"with k = {k}"
     if math.isclose(recall, share(k) * len(gold), rel_tol=1e-9) and len(gold) > 1:
-        raise Mismatch(f"{what} recall@k is a share of the questions (between 0 and 1), not a count: divide by "
+        raise Mismatch(f"with k = {k} recall@k is a share of the questions (between 0 and 1), not a count: divide by "
                        "the number of questions")
     if math.isclose(recall, share(None), rel_tol=1e-9):
-        raise Mismatch(f"{what} recall counts a gold document anywhere in the ranking: recall@k counts it only "
+        raise Mismatch(f"with k = {k} recall counts a gold document anywhere in the ranking: recall@k counts it only "
                        "among the first k, ranking[:k]")
     if math.isclose(recall, share(k + 1), rel_tol=1e-9) or (k > 1 and math.isclose(recall, share(k - 1), rel_tol=1e-9)):
-        raise Mismatch(f"{what} recall is off by one: the first k documents are ranking[:k], so a gold document "
+        raise Mismatch(f"with k = {k} recall is off by one: the first k documents are ranking[:k], so a gold document "
                        "at rank k counts and one at rank k + 1 does not")
-    raise Mismatch(f"{what} recall@k is {expected:.4f}, you returned {recall:.4f}")
+    raise Mismatch(f"with k = {k} recall@k is {expected:.4f}, you returned {recall:.4f}")
 
 
 def _diagnose_reciprocal_ranks(values: np.ndarray, expected: np.ndarray, rankings, gold, k: int) -> None:
     def same(candidate: np.ndarray) -> bool:
         return np.allclose(values, candidate, rtol=1e-9, atol=1e-12)
 
-    what = f"with k = {k}"
     if not np.isfinite(values).all() or same(_reciprocal_ranks_with(rankings, gold, lambda p: 0.0 if p is None else
                                                                      (1 / p if p else 0.0), k)):
-        raise Mismatch(f"{what} the top document's reciprocal rank is not 1: ranks start at 1, so a 0-based "
+        raise Mismatch(f"with k = {k} the top document's reciprocal rank is not 1: ranks start at 1, so a 0-based "
                        "position p has reciprocal rank 1 / (p + 1)")
     if same(_reciprocal_ranks_with(rankings, gold, lambda p: 1 / (k + 1) if p is None else 1 / (p + 1), k)):
-        raise Mismatch(f"{what} a question whose gold document is not in the first k scores 1 / (k + 1) = "
+        raise Mismatch(f"with k = {k} a question whose gold document is not in the first k scores 1 / (k + 1) = "
                        f"{1 / (k + 1):.4f}: a miss scores 0")
     if same(_reciprocal_ranks_with(rankings, gold, lambda p: 0.0 if p is None else 1 / (p + 1), None)):
-        raise Mismatch(f"{what} a gold document after rank k still scores 1 / rank: cut each ranking at k first "
+        raise Mismatch(f"with k = {k} a gold document after rank k still scores 1 / rank: cut each ranking at k first "
                        "(a gold document after rank k is a miss and scores 0)")
     for cut in (k + 1, k - 1):
         if cut >= 1 and same(_reciprocal_ranks_with(rankings, gold, lambda p: 0.0 if p is None else 1 / (p + 1), cut)):
-            raise Mismatch(f"{what} the reciprocal ranks are cut at {cut} documents, not k = {k}: an off-by-one "
+            raise Mismatch(f"with k = {k} the reciprocal ranks are cut at {cut} documents, not k = {k}: an off-by-one "
                            "(keep ranking[:k])")
     worst = int(np.abs(values - expected).argmax())
-    raise Mismatch(f"{what} question {worst} (gold {gold[worst]!r}): reciprocal rank {values[worst]:.4f}, "
+    raise Mismatch(f"with k = {k} question {worst} (gold {gold[worst]!r}): reciprocal rank {values[worst]:.4f}, "
                    f"expected {expected[worst]:.4f}")
 
 
@@ -479,18 +483,310 @@ def check_rank(call) -> str:
             "fewer documents than k, ties")
 
 
+# --- 07.5: token F1 ----------------------------------------------------------------------------------------------
+
+
+def _normalised(text: str, lower=True, punctuation="remove", articles=True) -> list[str]:
+    """The tokens of ``text`` after a normalisation with each step switchable: SQuAD's with every default."""
+    if lower:
+        text = text.lower()
+    if punctuation == "remove":
+        text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    elif punctuation == "space":
+        text = "".join(" " if ch in _PUNCTUATION else ch for ch in text)
+    if articles:
+        text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return text.split()
+
+
+def _f1_of(predicted: list[str], expected: list[str], shared="bag", mean="harmonic", empty="normalised",
+           raw: tuple[str, str] = ("", "")) -> float:
+    """Token F1 with each rule switchable: how shared tokens are counted, which mean, and when a side is empty."""
+    if empty == "raw" and (not raw[0] or not raw[1]):
+        return float(raw[0] == raw[1])
+    if not predicted or not expected:
+        return 0.0 if empty == "both-zero" else float(predicted == expected)
+    if shared == "bag":
+        common = sum((Counter(predicted) & Counter(expected)).values())
+    elif shared == "set":
+        common = len(set(predicted) & set(expected))
+    else:  # every predicted token found in the reference, repeats included
+        common = sum(token in expected for token in predicted)
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(expected)
+    if mean == "arithmetic":
+        return (precision + recall) / 2
+    return 2 * precision * recall / (precision + recall)
+
+
+def _name_f1_mistake(answers: list, cases: list[tuple[str, str]]) -> None:
+    """Raise the Mismatch that names the mistake whose token F1 gives the learner's ``answers`` on every case, if one
+    does: a single wrong value says little, the same values as a known mistake everywhere name it."""
+    def behaves_like(mistaken: Callable[[str, str], float]) -> bool:
+        return all(_same_number(value, mistaken(p, r)) for value, (p, r) in zip(answers, cases))
+
+    if behaves_like(lambda p, r: _f1_of(p.split(), r.split())):
+        raise Mismatch("no normalisation: lower-case both texts, remove punctuation and drop the articles a/an/the "
+                       "before splitting (SQuAD's normalisation), so that 'The Eiffel Tower.' matches 'eiffel tower'")
+    if behaves_like(lambda p, r: _f1_of(_normalised(p, lower=False), _normalised(r, lower=False))):
+        raise Mismatch("the texts are not lower-cased: 'Paris' and 'paris' are the same token after normalisation")
+    if behaves_like(lambda p, r: _f1_of(_normalised(p, punctuation="keep"), _normalised(r, punctuation="keep"))):
+        raise Mismatch("punctuation is kept: remove it, so that 'tower.' and 'tower' are the same token")
+    if behaves_like(lambda p, r: _f1_of(_normalised(p, punctuation="space"), _normalised(r, punctuation="space"))):
+        raise Mismatch("punctuation is replaced by a space: remove it instead (SQuAD: 'U.S.' becomes 'us', not 'u s')")
+    if behaves_like(lambda p, r: _f1_of(_normalised(p, articles=False), _normalised(r, articles=False))):
+        raise Mismatch("the articles are kept: drop a, an and the (as whole words), so that 'the Beatles' matches "
+                       "'Beatles'")
+    if behaves_like(lambda p, r: _f1_of(_normalised(p), _normalised(r), shared="set")):
+        raise Mismatch("the shared tokens are counted as a set: count them as a bag, each as often as it occurs on "
+                       "both sides (Counter(prediction) & Counter(reference)), so that 'paris paris paris' against "
+                       "'paris' scores 0.5")
+    if behaves_like(lambda p, r: _f1_of(_normalised(p), _normalised(r), shared="each-predicted")):
+        raise Mismatch("a repeated predicted token is counted as shared every time: count it at most as often as the "
+                       "reference has it (Counter(prediction) & Counter(reference))")
+    if behaves_like(lambda p, r: _f1_of(_normalised(p), _normalised(r), mean="arithmetic")):
+        raise Mismatch("this is the arithmetic mean of precision and recall: F1 is their harmonic mean, 2PR / (P + R)")
+    if behaves_like(lambda p, r: _f1_of(_normalised(p), _normalised(r), empty="raw", raw=(p, r))):
+        raise Mismatch("emptiness is judged before normalising: 'The.' normalises to nothing, so against an empty "
+                       "reference it scores 1.0")
+    if behaves_like(lambda p, r: _f1_of(_normalised(p), _normalised(r), empty="both-zero")):
+        raise Mismatch("two empty answers score 0: when both normalise to nothing they agree, F1 = 1.0 (only one "
+                       "empty: 0.0)")
+
+
+_F1_FIXED = [("The Eiffel Tower.", "eiffel tower"), ("Paris, France", "paris"), ("in the U.S.", "US"),
+             ("don't know", "dont know"), ("the Beatles", "Beatles"), ("an apple a day", "apple, day!"),
+             ("paris paris paris", "paris"), ("New York", "new york new york city"), ("London", "Paris"),
+             ("", ""), ("", "Paris"), ("Paris", ""), ("The.", ""), ("a", "the"), ("the cat sat on the mat", "a cat sat")]
+
+
+def _f1_cases() -> list[tuple[str, str]]:
+    generator = seeded_python(75)
+    cases = list(_F1_FIXED)
+    decorations = (str.lower, str.upper, str.title, lambda word: word + ",", lambda word: word + ".", lambda word: word)
+    for length in grown(3, 5, 8, 12):
+        words = [generator.choice(_WORDS) for _ in range(length)]
+        prediction = [generator.choice(decorations)(word) for word in words if generator.random() < 0.8]
+        reference = [word for word in words if generator.random() < 0.7] + [generator.choice(_WORDS)]
+        cases.append((" ".join(prediction), " ".join(generator.choice(decorations)(word) for word in reference)))
+    return cases
+
+
+def _same_number(value, expected: float) -> bool:
+    """True if ``value`` (whatever the learner's code returned, or the error it raised) is the number ``expected``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        return False
+    return math.isclose(float(value), expected, rel_tol=1e-9, abs_tol=1e-12)
+
+
+@self_check("07.5")
+def check_token_f1(call) -> str:
+    """fn(prediction, reference) -> F1 of the bags of normalised tokens; both empty 1.0, one empty 0.0."""
+    cases = _f1_cases()
+
+    def answers() -> list:
+        found = []
+        for prediction, reference in cases:
+            try:
+                found.append(call(prediction, reference))
+            except LearnerCodeError as error:
+                found.append(error)
+        return found
+
+    for prediction, reference in cases:
+        try:
+            got = call(prediction, reference)
+        except LearnerCodeError as error:
+            if isinstance(error.original, ZeroDivisionError):
+                if not rag.normalize_answer(prediction) or not rag.normalize_answer(reference):
+                    raise Mismatch(f"{prediction!r} against {reference!r}: you divide by zero; when a side normalises "
+                                   "to nothing, return before dividing (both empty 1.0, one empty 0.0)") from None
+                raise Mismatch(f"{prediction!r} against {reference!r}: you divide by zero; with no shared token "
+                               "precision and recall are 0: F1 is 0.0, return it before dividing by P + R") from None
+            raise
+        if isinstance(got, bool) or not isinstance(got, (int, float, np.floating, np.integer)):
+            raise Mismatch(f"return one number between 0 and 1, got {type(got).__name__}")
+        expected = rag.token_f1(prediction, reference)
+        if math.isclose(float(got), expected, rel_tol=1e-9, abs_tol=1e-12):
+            continue
+        _name_f1_mistake(answers(), cases)
+        raise Mismatch(f"{prediction!r} against {reference!r}: F1 {expected:.4f}, you returned {float(got):.4f}")
+    return (f"right on {len(cases)} pairs: case, punctuation and articles normalised, repeated tokens, no overlap, "
+            "empty answers")
+
+
+# --- 07.6: citation precision --------------------------------------------------------------------------------------
+
+
+def _citation_cases() -> list[tuple[list[str], list[str]]]:
+    """(cited, relevant): duplicates, nothing cited, nothing relevant cited, everything relevant cited, random ones."""
+    generator = seeded_python(76)
+    cases = [(["d1", "d1", "d2"], ["d2"]), (["d4", "d7"], ["d7", "d9", "d3"]), ([], ["d1"]), (["d5"], ["d5"]),
+             (["d2", "d3"], ["d8"]), (["d6", "d6", "d6", "d1"], ["d6", "d2"])]
+    pool = [f"p{number}" for number in range(12)]
+    for length in grown(2, 4, 6, 9):
+        cited = [generator.choice(pool) for _ in range(length)]
+        relevant = generator.sample(pool, generator.randint(1, 4))
+        cases.append((cited, relevant))
+    return cases
+
+
+@self_check("07.6")
+def check_citation_precision(call) -> str:
+    """fn(cited, relevant) -> the share of the distinct cited documents that are relevant; 0.0 when nothing is cited."""
+    cases = _citation_cases()
+    for cited, relevant in cases:
+        what = f"cited {cited} with relevant {relevant}"
+        try:
+            got = call(list(cited), list(relevant))
+        except LearnerCodeError as error:
+            if not cited and isinstance(error.original, ZeroDivisionError):
+                raise Mismatch(f"{what}: you divide by zero; an answer that cites nothing gets 0.0 (it cannot be "
+                               "checked against any source), return it before dividing") from None
+            raise
+        if isinstance(got, bool) or not isinstance(got, (int, float, np.floating, np.integer)):
+            raise Mismatch(f"return one number between 0 and 1, got {type(got).__name__}")
+        got = float(got)
+        expected = rag.citation_precision(cited, relevant)
+        if math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-12):
+            continue
+        if not cited:
+            raise Mismatch(f"{what}: got {got}; an answer that cites nothing gets 0.0, not {got} (nothing it says "
+                           "can be checked against a source; the caller skips abstentions)")
+        distinct, gold = set(cited), set(relevant)
+        twice = [sum(document in gold for document in cited) / len(cited), len(distinct & gold) / len(cited)]
+        if any(math.isclose(got, value, rel_tol=1e-9) for value in twice):
+            raise Mismatch(f"{what}: got {got:.4f}, expected {expected:.4f}: a document cited twice counts once "
+                           "(take the distinct cited documents, set(cited))")
+        if math.isclose(got, len(distinct & gold) / len(gold), rel_tol=1e-9):
+            raise Mismatch(f"{what}: got {got:.4f}, expected {expected:.4f}: this is recall (the share of the relevant "
+                           "documents that are cited); precision divides by the number of distinct cited documents")
+        raise Mismatch(f"{what}: got {got:.4f}, expected {expected:.4f}")
+    return (f"right on {len(cases)} answers: repeated citations, no citation, no relevant citation, random ones")
+
+
+# --- 07.7: the token mask of one constrained-decoding step ---------------------------------------------------------
+
+# Two small output languages, each a pair of predicates as JsonSchemaGrammar gives them: a few coffee orders as compact
+# JSON (a valid prefix is the start of one of them), and integers of at most three digits (complete ones can go on).
+_ORDERS = ('{"drink":"latte","size":"small"}', '{"drink":"latte","size":"large"}', '{"drink":"mocha","size":"small"}',
+           '{"drink":"tea","size":"large"}')
+
+
+def _order_valid_prefix(text: str) -> bool:
+    return any(order.startswith(text) for order in _ORDERS)
+
+
+def _order_complete(text: str) -> bool:
+    return text in _ORDERS
+
+
+def _number_valid_prefix(text: str) -> bool:
+    return re.fullmatch(r"-?[0-9]{0,3}", text) is not None
+
+
+def _number_complete(text: str) -> bool:
+    return re.fullmatch(r"-?[0-9]{1,3}", text) is not None
+
+
+_ORDER_TOKENS = ['{"', "drink", '":"', "latte", "la", "tte", "lx", "mo", "cha", "mocha\"", "tea", '","', "size",
+                 "small", "large", "sm", "all", '"}', "{", '"', "l", "s", ":", ",", "}", " ", "x", "latte\"}"]
+_NUMBER_TOKENS = ["0", "1", "12", "123", "1234", "-", "-1", "7", "99", "1a", "a1", "+", " 1", "9-"]
+_END_TEXT = "<|end|>"  # what the end token would print: it writes no text of the output
+
+
+def _mask_cases() -> list[tuple[str, list[str], Callable, Callable, int]]:
+    """(prefix, vocabulary, is_valid_prefix, is_complete, end_token): the start, the middle of a token, a complete
+    output that can go on and one that cannot, and a prefix no output starts with; each vocabulary holds the empty
+    token and the end token at a place that differs from case to case, and tokens whose first character fits but not
+    the rest."""
+    generator = seeded_python(77)
+    languages = [(_order_valid_prefix, _order_complete, _ORDER_TOKENS,
+                  ['{"drink":"', '{"drink":"la', "", '{"drink":"latte","size":"small"}', '{"drink":"tea"',
+                   '{"drink":"x']),
+                 (_number_valid_prefix, _number_complete, _NUMBER_TOKENS, ["", "-", "12", "999", "7", "1a"])]
+    cases = []
+    for (valid, complete, tokens, prefixes), extra in zip(languages, grown(0, 0)):
+        for prefix in prefixes:
+            vocabulary = list(tokens) + ["".join(generator.choice('{}":,abelmst0123456789-') for _ in range(3))
+                                         for _ in range(extra)] + ["", _END_TEXT]
+            generator.shuffle(vocabulary)
+            cases.append((prefix, vocabulary, valid, complete, vocabulary.index(_END_TEXT)))
+    return cases
+
+
+def _expect_mask(got, size: int) -> np.ndarray:
+    try:
+        mask = np.asarray(got)
+    except (TypeError, ValueError):
+        mask = None
+    if mask is None or mask.dtype != np.bool_:
+        raise Mismatch(f"return a NumPy array of booleans, one per token, got {type(got).__name__}"
+                       + (f" of {mask.dtype}" if mask is not None else ""))
+    if mask.shape != (size,):
+        raise Mismatch(f"the mask has shape {mask.shape}, expected ({size},): one bool per token of the vocabulary")
+    return mask
+
+
+@self_check("07.7")
+def check_token_mask(call) -> str:
+    """fn(prefix, vocabulary, is_valid_prefix, is_complete, end_token) -> bool array: the tokens that may come next."""
+    cases = _mask_cases()
+    end_allowed: list[bool] = []
+    for prefix, vocabulary, valid, complete, end in cases:
+        got = call(prefix, list(vocabulary), lend(valid, call), lend(complete, call), end)
+        end_allowed.append(bool(_expect_mask(got, len(vocabulary))[end]))
+    for (prefix, vocabulary, valid, complete, end), got_end in zip(cases, end_allowed):
+        if got_end and not complete(prefix):
+            if all(end_allowed):
+                raise Mismatch("the end token is always allowed: allow it only when is_complete(prefix), or decoding "
+                               "may stop in the middle of an output that does not parse")
+            raise Mismatch(f"the end token is allowed after {prefix!r}, which is not complete yet: allow it only when "
+                           "is_complete(prefix), or decoding may stop before the output parses")
+        if not got_end and complete(prefix):
+            raise Mismatch(f"the end token is not allowed after {prefix!r}, which is complete, so decoding could "
+                           "never stop: allow it when is_complete(prefix) (the end token writes no text, so "
+                           "is_valid_prefix(prefix + its text) says nothing about it)")
+    for prefix, vocabulary, valid, complete, end in cases:
+        mask = _expect_mask(call(prefix, list(vocabulary), lend(valid, call), lend(complete, call), end), len(vocabulary))
+        expected = structured.token_mask(prefix, vocabulary, valid, complete, end)
+        if np.array_equal(mask, expected):
+            continue
+        wrongly_allowed = [vocabulary[i] for i in np.flatnonzero(mask & ~expected)]
+        first_fits = [token for token in wrongly_allowed if len(token) > 1 and valid(prefix + token[0])]
+        if first_fits:
+            raise Mismatch(f"after {prefix!r} the tokens {first_fits[:4]} are allowed, but only their first character "
+                           "fits: check the whole token, is_valid_prefix(prefix + token)")
+        if mask[vocabulary.index("")]:
+            raise Mismatch(f"the empty token '' is allowed after {prefix!r}: prefix + '' is the prefix itself, always "
+                           "valid, so decoding could loop without writing anything; never allow an empty token "
+                           "(the end token aside)")
+        if wrongly_allowed:
+            raise Mismatch(f"after {prefix!r} the tokens {wrongly_allowed[:4]} are allowed, but prefix + token is no "
+                           "valid prefix")
+        missing = [vocabulary[i] for i in np.flatnonzero(expected & ~mask)]
+        raise Mismatch(f"after {prefix!r} the tokens {missing[:4]} are not allowed, yet prefix + token is a valid "
+                       "prefix (a token may be allowed even when the prefix is already complete)")
+    return (f"right on {len(cases)} steps of two grammars: at the start, inside a token, complete outputs, a dead "
+            "prefix; the end token only when complete, the empty token never")
+
+
 # The exercises of this lab, id -> (title, points): what solutions/07_building_on_a_model.ipynb's metadata declares
 # (tests/test_architecture.py keeps the two equal); checks.summary() reads them.
 EXERCISES = {"07.1": ("chunking with overlap", 2), "07.2": ("reciprocal-rank fusion", 2),
-             "07.3": ("recall@k and reciprocal ranks", 1), "07.4": ("filter before ranking", 2)}
+             "07.3": ("recall@k and reciprocal ranks", 1), "07.4": ("filter before ranking", 2),
+             "07.5": ("token F1", 2), "07.6": ("citation precision", 1), "07.7": ("the token mask of one step", 3)}
 
 CHECKS = {"07.1": check_chunk_words, "07.2": check_reciprocal_rank_fusion, "07.3": check_recall_and_reciprocal_ranks,
-          "07.4": check_rank}
+          "07.4": check_rank, "07.5": check_token_f1, "07.6": check_citation_precision, "07.7": check_token_mask}
 
 # What use_reference("07.k") puts in the notebook: the name its exercise defines, and the course's implementation.
 REFERENCES = {"07.1": ("chunk_words", retrieval.chunk_words),
               "07.2": ("reciprocal_rank_fusion", retrieval.reciprocal_rank_fusion),
-              "07.3": ("recall_and_reciprocal_ranks", recall_and_reciprocal_ranks), "07.4": ("rank", retrieval.rank)}
+              "07.3": ("recall_and_reciprocal_ranks", recall_and_reciprocal_ranks), "07.4": ("rank", retrieval.rank),
+              "07.5": ("token_f1", rag.token_f1), "07.6": ("citation_precision", rag.citation_precision),
+              "07.7": ("token_mask", structured.token_mask)}
 
 # checks.use_reference("07.k") when stuck, checks.summary() at the end of the lab
 use_reference, summary = lab_shortcuts("07")

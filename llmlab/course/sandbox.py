@@ -44,6 +44,7 @@ DOES_THE_WORK = {
     "04b.2": ("llmlab.instruct.mask_labels", "llmlab.instruct.ChatCollator"),
     "05.3": ("llmlab.generation.generate", "llmlab.generation.generate_batch"),
     "07.3": ("llmlab.retrieval.recall_at_k", "llmlab.retrieval.reciprocal_ranks"),
+    "07.5": ("llmlab.rag.normalize_answer",),
 }
 
 # Functions whose body the sandbox's copy replaces: the grader's preset wins over whatever the notebook sets.
