@@ -8,10 +8,11 @@
 
 A closed loop: ``concurrency`` clients each send a request, wait for its response and
 send the next, until ``requests`` have been sent in all. A refused client (429) sends
-its next request at once, the harshest case for the server. Latency percentiles are
-those of the answered (200) requests. Bounded on purpose: a fixed number of requests,
-and only to this machine (127.0.0.1, localhost or ::1): a load test aimed at someone
-else's server is an attack.
+its next request at once (the harshest case for the server), or waits as long as
+the Retry-After header asks (``honour_retry_after``: a polite client). Latency
+percentiles are those of the answered (200) requests. Bounded on purpose: a fixed
+number of requests, and only to this machine (127.0.0.1, localhost or ::1): a load
+test aimed at someone else's server is an attack.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ async def load_async(
     concurrency: int,
     requests: int,
     timeout_s: float = 30.0,
+    honour_retry_after: bool = False,
 ) -> dict:
     """The load test itself (see :func:`run_load_test`), inside a running event loop."""
     import httpx
@@ -85,9 +87,7 @@ async def load_async(
             started = time.perf_counter()
             try:
                 response = await http.post(url, json=payload)
-            except (
-                httpx.HTTPError
-            ) as error:  # refused connection, timeout, broken response
+            except httpx.HTTPError as error:  # refused, timed out, broken response
                 counts["errors"] += 1
                 error_kinds.add(type(error).__name__)
                 continue
@@ -96,6 +96,9 @@ async def load_async(
                 answered.append(time.perf_counter() - started)
             elif response.status_code == 429:
                 counts["too_many"] += 1
+                if honour_retry_after:  # a polite client waits as it is told
+                    wait_s = float(response.headers.get("Retry-After", 1))
+                    await asyncio.sleep(min(wait_s, timeout_s))
             else:
                 counts["other"] += 1
 
@@ -131,20 +134,24 @@ def run_load_test(
     concurrency: int,
     requests: int,
     timeout_s: float = 30.0,
+    honour_retry_after: bool = False,
 ) -> dict:
     """POST ``requests`` bodies of ``payloads`` (cycled) to ``url``, ``concurrency``
     at a time.
 
     Returns requests_per_s (every response), answered_per_s (200s), p50_ms/p95_ms/p99_ms
     (latency of the 200s), the counts ok (200), too_many (429), other (any other status)
-    and errors (no response), refused_share (429s / requests) and seconds. Runs in a
-    thread of its own, so it works where an event loop is already running (a notebook).
+    and errors (no response), refused_share (429s / requests) and seconds. A refused
+    client sends its next request at once, or with ``honour_retry_after`` after the
+    seconds the server's Retry-After header asks for. Runs in a thread of its own, so
+    it works where an event loop is already running (a notebook).
     """
     check_loopback(url)
+    test = load_async(
+        url, payloads, concurrency, requests, timeout_s, honour_retry_after
+    )
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as thread:
-        return thread.submit(
-            asyncio.run, load_async(url, payloads, concurrency, requests, timeout_s)
-        ).result()
+        return thread.submit(asyncio.run, test).result()
 
 
 @contextlib.contextmanager
@@ -180,6 +187,7 @@ def throughput_curve(
     path: str = "/classify",
     timeout_s: float = 30.0,
     warmup_requests: int = 32,
+    honour_retry_after: bool = False,
 ) -> list[dict]:
     """:func:`run_load_test` at each concurrency on ``app_factory()`` served by uvicorn.
 
@@ -200,7 +208,9 @@ def throughput_curve(
             run_load_test(url, payloads, max(concurrencies), warmup_requests, timeout_s)
         for concurrency in tqdm(concurrencies, desc="load test"):
             before = (batcher.batches, batcher.batched_requests) if batcher else None
-            row = run_load_test(url, payloads, concurrency, requests, timeout_s)
+            row = run_load_test(
+                url, payloads, concurrency, requests, timeout_s, honour_retry_after
+            )
             if batcher and batcher.batches > before[0]:
                 row["mean_batch"] = (batcher.batched_requests - before[1]) / (
                     batcher.batches - before[0]
@@ -263,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout-s", type=float, default=30.0)
     parser.add_argument(
+        "--honour-retry-after",
+        action="store_true",
+        help="after a 429, wait the seconds its Retry-After header asks for",
+    )
+    parser.add_argument(
         "--payloads",
         type=Path,
         default=None,
@@ -281,7 +296,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         rows = [
             run_load_test(
-                options.url, payloads, concurrency, options.requests, options.timeout_s
+                options.url,
+                payloads,
+                concurrency,
+                options.requests,
+                options.timeout_s,
+                options.honour_retry_after,
             )
             for concurrency in options.concurrency
         ]

@@ -321,6 +321,34 @@ class MicroBatcher:
                 request.future.set_exception(BatchFailed("the server is stopping"))
 
 
+def in_length_groups(predict_texts: Callable[[list[str]], Sequence], size: int):
+    """``predict_texts`` run on groups of ``size`` texts of similar length, in order.
+
+    An encoder pads every text of a call to the longest one, so one long message in a
+    batch of short ones makes the whole batch pay for its length. Sorting by length
+    first (in characters, a stand-in for tokens) and cutting the batch into groups keeps
+    that waste small, at the price of more calls.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"length_group must be an int >= 1, got {size!r}")
+
+    def predict(texts: list[str]) -> list:
+        by_length = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        results: list = [None] * len(texts)
+        for start in range(0, len(by_length), size):
+            group = by_length[start : start + size]
+            answers = list(predict_texts([texts[i] for i in group]))
+            if len(answers) != len(group):
+                raise ValueError(
+                    f"predict returned {len(answers)} results for {len(group)} inputs"
+                )
+            for position, answer in zip(group, answers, strict=True):
+                results[position] = answer
+        return results
+
+    return predict
+
+
 # --- request and response bodies ---------------------------------------------------
 
 
@@ -539,6 +567,7 @@ def create_app(
     max_batch: int = 32,
     max_wait_ms: float = 5.0,
     max_queue: int = 256,
+    length_group: int | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``assistant`` at POST /classify, requests batched.
 
@@ -548,6 +577,8 @@ def create_app(
     ``hash_key``: the key of the logged message hash (default: random, so hashes are
     comparable only within one server's lifetime). ``max_batch``, ``max_wait_ms``,
     ``max_queue``: the :class:`MicroBatcher`'s (``max_batch=1``: no batching).
+    ``length_group``: run each batch as groups of this many messages of similar length
+    (:func:`in_length_groups`); None: the whole batch in one call.
     """
     if log_text not in LOG_TEXT_CHOICES:
         raise ValueError(
@@ -559,7 +590,10 @@ def create_app(
             "reply_many(texts) -> replies, which the batcher calls"
         )
     key = hash_key if hash_key is not None else os.urandom(32)
-    batcher = MicroBatcher(assistant.reply_many, max_batch, max_wait_ms, max_queue)
+    predict = assistant.reply_many
+    if length_group is not None:
+        predict = in_length_groups(assistant.reply_many, length_group)
+    batcher = MicroBatcher(predict, max_batch, max_wait_ms, max_queue)
     app = _batched_app(
         "Support assistant",
         "Classify a customer message, answer it or hand it to a person.",
@@ -754,6 +788,7 @@ def _classifier_app(options) -> FastAPI:
         max_batch=options.max_batch,
         max_wait_ms=options.max_wait_ms,
         max_queue=options.max_queue,
+        length_group=options.length_group,
     )
 
 
@@ -775,7 +810,7 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
         "--max-batch",
         type=_at_least_one,
         default=32,
-        help="the most requests per model call (1: no batching)",
+        help="the most requests per batch (1: no batching)",
     )
     parser.add_argument(
         "--max-wait-ms",
@@ -820,6 +855,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="below this confidence a person answers (default: chosen by Lab 6's rule)",
     )
     classifier.add_argument("--log-text", choices=LOG_TEXT_CHOICES, default="none")
+    classifier.add_argument(
+        "--length-group",
+        type=_at_least_one,
+        default=16,
+        help="run a batch as groups of this many messages of similar length",
+    )
     _add_server_options(classifier)
     classifier.set_defaults(build=_classifier_app)
     return parser

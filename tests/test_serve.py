@@ -157,10 +157,29 @@ def test_batched_answers_equal_the_answers_one_by_one():
     assert batched_app.state.batcher.batches < len(bodies)  # it did batch
     assert [r.status_code for r in batched] == [200] * len(bodies)
     assert [r.json() for r in batched] == [r.json() for r in one_by_one]
+    grouped_app = create_app(
+        fake_assistant(), max_batch=32, max_wait_ms=50, length_group=4
+    )
+    grouped = asyncio.run(post_all(grouped_app, "/classify", bodies))
+    assert [r.json() for r in grouped] == [r.json() for r in one_by_one]
     for text, response in zip(MESSAGES, batched, strict=True):  # and each is its own
         reply = fake_assistant().reply(text)
         assert response.json()["intent"] == reply.intent
         assert response.json()["evidence"] == [item.text for item in reply.evidence]
+
+
+def test_length_groups_answer_in_the_callers_order():
+    calls: list[list[str]] = []
+
+    def shout(texts):
+        calls.append(list(texts))
+        return [text.upper() for text in texts]
+
+    texts = ["ccc", "a", "dddd", "bb", "e"]
+    assert serve.in_length_groups(shout, 2)(texts) == ["CCC", "A", "DDDD", "BB", "E"]
+    assert calls == [["a", "e"], ["bb", "ccc"], ["dddd"]]  # short with short
+    with pytest.raises(ValueError, match="length_group must be an int >= 1, got 0"):
+        serve.in_length_groups(shout, 0)
 
 
 def test_a_test_client_without_with_gets_answers_request_after_request():
@@ -502,3 +521,24 @@ def test_refused_requests_are_counted_as_429s():
     assert row["too_many"] > 0 and row["ok"] + row["too_many"] == 30
     assert row["refused_share"] == pytest.approx(row["too_many"] / 30)
     assert time.perf_counter() - started < 10
+
+
+def test_a_polite_client_waits_as_retry_after_asks():
+    gate = Gate()
+    try:
+        with load_test.serve_in_thread(
+            create_app(gate, max_batch=1, max_queue=1)
+        ) as url:
+            threading.Timer(0.2, gate.opened.set).start()
+            row = load_test.run_load_test(
+                url + "/classify",
+                [{"text": "x"}],
+                concurrency=3,
+                requests=4,
+                honour_retry_after=True,
+            )
+    finally:
+        gate.opened.set()
+    # the third client was refused while the model was blocked, then waited >= 1 s
+    assert row["too_many"] >= 1 and row["ok"] + row["too_many"] == 4
+    assert row["seconds"] >= 1.0
