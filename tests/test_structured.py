@@ -134,7 +134,7 @@ def mutations(text: str, rng: random.Random, count: int) -> list[str]:
 def test_random_valid_objects_and_every_prefix_are_accepted(name):
     schema, rng = SCHEMAS[name], random.Random(0)
     grammar = JsonSchemaGrammar(schema)
-    for _ in range(150):
+    for _ in range(100):
         text = canonical_json(random_instance(schema, rng))
         assert expected_complete(text, schema), text
         assert grammar.is_complete(text), text
@@ -309,7 +309,7 @@ def test_each_classic_mistake_changes_the_mask_on_these_cases(mistake):
     assert any(differs), f"no case exposes {mistake.__name__}"
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(2))
 def test_the_trie_mask_equals_the_loop_mask_on_random_vocabularies(seed):
     rng = random.Random(seed)
     schema = SCHEMAS["coffee" if seed % 2 else "kitchen sink"]
