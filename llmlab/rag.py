@@ -1173,6 +1173,8 @@ def rag_benchmark(
     flagged = [c for c in clean if looks_like_instruction(c.text)]
     detector = {
         "false_drops": share(len(flagged), len(clean)),
+        "flagged": len(flagged),
+        "clean_chunks": len(clean),
         "examples": [readable(c.text) for c in flagged[:3]],
     }
     lap("prompt injection")
@@ -1359,8 +1361,13 @@ def print_report(report: Mapping) -> None:
                     f"  {name:<36} retrieved {row['retrieved']}  payload in answer "
                     f"{row['payload_in_answer']}"
                 )
-    false_drops = report["detector"]["false_drops"]
-    print(f"instruction detector, false drops on clean chunks: {false_drops}")
+    detector = report["detector"]
+    rate = detector["false_drops"]
+    print(
+        f"instruction detector, false drops: {detector['flagged']} of "
+        f"{detector['clean_chunks']:,} clean chunks, {rate.value:.2%} "
+        f"[{rate.low:.2%}, {rate.high:.2%}]"
+    )
     if report.get("judge"):
         print("\njudge (" + report["generator"] + "):")
         for name, value in report["judge"].items():
