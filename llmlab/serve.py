@@ -14,13 +14,17 @@
 the same way: POST /answer {"question": "…", "user_tenants": ["acme"]} ->
 {"answer": "…" or null, "citations": ["doc-3", …], "abstained": false}.
 
-Dynamic batching (Chapter 5's lesson applied to a service): an encoder costs little
-more for 32 short messages than for one, so answering each request alone wastes most
-of the machine. A :class:`MicroBatcher` collects the requests that arrive together,
-for at most ``max_wait_ms`` after the first of them or until ``max_batch`` wait, and
-runs ONE batched call of the model in a worker thread, so the event loop keeps
-accepting requests meanwhile; each caller then gets its own result. ``max_batch=1``
-turns batching off (one request per model call, still one call at a time).
+Dynamic batching (Chapter 5's lesson applied to a service): every model call pays a
+fixed cost beside its arithmetic (Python and framework overhead, hand-offs between
+threads; on a GPU, reading all the weights), and one-message calls running side by
+side on a few cores fight over the cores as well. A :class:`MicroBatcher` collects
+the requests that arrive together, for at most ``max_wait_ms`` after the first of them
+or until ``max_batch`` wait, and runs ONE batched call of the model in a worker
+thread, so the event loop keeps accepting requests meanwhile; each caller then gets
+its own result. ``max_batch=1`` turns batching off (one request per model call, still
+one call at a time).
+``create_app(..., length_group=16)`` runs each batch as groups of messages of similar
+length, since an encoder pads every message of a call to the longest one.
 
 Past capacity: a bounded queue. When ``max_queue`` requests are already waiting, a new
 one is refused at once with 429 Too Many Requests and a Retry-After header (an estimate
@@ -859,7 +863,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--length-group",
         type=_at_least_one,
         default=16,
-        help="run a batch as groups of this many messages of similar length",
+        help="run a batch as groups of this many messages of similar length "
+        "(default: 16)",
     )
     _add_server_options(classifier)
     classifier.set_defaults(build=_classifier_app)
