@@ -5,6 +5,8 @@
     python -m llmlab.bench generate --preset cpu   # Lab 5: ms/token with and without the KV cache, and Hugging Face's
     python -m llmlab.bench sft --preset cpu        # Lab 4b: base, SFT (full, LoRA) and DPO on held-out dialogs
     python -m llmlab.bench sft --preset cpu --seed 1   # the same with other random weights and data order
+    python -m llmlab.bench rag --preset cpu        # Lab 7: retrieval recall@k/MRR, answer F1, citations, abstention,
+                                                   # prompt injection, each with its 95 % interval
 
 Each benchmark prints what it measured and the machine it ran on; nothing is read
 from a file of earlier results.
@@ -23,6 +25,7 @@ BENCHMARKS = {
     "finetune": ("llmlab.intents", "benchmark"),
     "generate": ("llmlab.inference", "benchmark"),
     "sft": ("llmlab.instruct_training", "benchmark"),
+    "rag": ("llmlab.rag", "benchmark"),
 }
 
 

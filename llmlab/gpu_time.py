@@ -64,7 +64,8 @@ GENERATE_STEP_SECONDS = 0.005  # Hugging Face generate's own work per token (log
 # a download from the Hugging Face Hub.
 SETUP_SECONDS = 60.0
 DOWNLOAD_MEGABYTES_PER_SECOND = 20.0
-DOWNLOAD_MEGABYTES = {"all-MiniLM-L6-v2": 90.0, "Qwen/Qwen2.5-0.5B": 988.0}  # the Hub's file sizes (safetensors)
+DOWNLOAD_MEGABYTES = {"all-MiniLM-L6-v2": 90.0, "Qwen/Qwen2.5-0.5B": 988.0,  # the Hub's file sizes (safetensors)
+                      "Qwen/Qwen2.5-1.5B-Instruct": 3_087.0}  # its 1.54 B parameters in bf16 (QWEN2_5_1_5B below)
 
 # --- the data and models the labs use (published shapes; counts measured on the course's data) -------------------
 
@@ -417,6 +418,43 @@ def lab06_parts(s: dict) -> list[Part]:
     ]
 
 
+# Qwen2.5-1.5B-Instruct's config.json (Lab 7's gpu generator and judge): 28 layers of width 1,536, 12 query heads and 2
+# key/value heads of 128, feed-forward 8,960 (gated), vocabulary 151,936, output layer tied to the embedding.
+QWEN2_5_1_5B = dict(n_layers=28, d_model=1536, q_heads=12, kv_heads=2, head_dim=128, d_ff=8960, vocab_size=151_936)
+# Lab 7's texts, assumed from CLAP NQ's sizes (600 questions, 597 passages of about 150 words): MiniLM tokens of a
+# question, of a passage's sentences together, of the chunks of one chunking (a chunk is cut at MiniLM's 128 tokens);
+# Qwen tokens of the sources of one prompt (5 chunks), a question with its system message, and an answer.
+CLAPNQ = dict(questions=600, passages=597, question_tokens=12, sentence_tokens_per_passage=220,
+              chunk_tokens_per_chunking=597 * 230, prompt_tokens=900, judge_prompt_tokens=400, answer_tokens=60)
+
+
+def lab07_parts(s: dict) -> list[Part]:
+    generator = QWEN2_5_1_5B
+    n, layers = qwen_matrix_parameters(generator), generator["n_layers"]
+    data = CLAPNQ
+    minilm_tokens = (data["questions"] * data["question_tokens"] + data["passages"] * data["sentence_tokens_per_passage"]
+                     + len(s["chunk_grid"]) * data["chunk_tokens_per_chunking"]
+                     + s["index_distractors"] * MINILM_TOKENS_PER_MESSAGE)
+    test = data["questions"] - s["tuning_split"]
+    judged = 2 * s["judge_items"]
+    injected = 3 * 2 * s["injection_targets"] * 1.5  # 3 defences, 2 payloads, about 1.5 questions per target title
+    answered = test + injected
+    generate_calls = math.ceil(answered / s["generation_batch_size"])
+    return [
+        setup_part(("all-MiniLM-L6-v2", s["generator"])),
+        Part(f"MiniLM embeddings of questions, sentences, {len(s['chunk_grid'])} chunkings and "
+             f"{s['index_distractors']:,} distractors (fp32)",
+             flops=2 * minilm_matrix_parameters() * minilm_tokens, precision="fp32",
+             launch_seconds=forward_launches(minilm_tokens / MINILM_TOKENS_PER_MESSAGE / 128, MINILM["n_layers"])),
+        Part(f"{s['generator']} (fp32: Qwen2 overflows fp16) answering {round(answered):,} questions from their sources, "
+             f"up to {s['max_new_tokens']} tokens, {s['generation_batch_size']} at a time",
+             flops=2 * n * answered * (data["prompt_tokens"] + data["answer_tokens"]), precision="fp32",
+             launch_seconds=decode_launches(generate_calls * s["max_new_tokens"], layers, GENERATE_STEP_SECONDS)),
+        Part(f"the same model judging {s['judge_items']} pairs in both orders", precision="fp32",
+             flops=2 * n * judged * data["judge_prompt_tokens"], launch_seconds=forward_launches(judged, layers)),
+    ]
+
+
 LAB_PARTS = {
     "01_what_is_an_llm": lab01_parts,
     "02_attention": lab02_parts,
@@ -425,6 +463,7 @@ LAB_PARTS = {
     "04b_instruction_tuning": lab04b_parts,
     "05_inference": lab05_parts,
     "06_business": lab06_parts,
+    "07_building_on_a_model": lab07_parts,
 }
 
 # What each lab does that the parts do not count, said in its line.
@@ -436,6 +475,7 @@ NOT_COUNTED = {
     "04b_instruction_tuning": "copying the 0.5B model between its four versions; replies shorter than the limit end sooner",
     "05_inference": "the int8 measurements, which run on the CPU by design (seconds to a minute)",
     "06_business": "the flywheel's and the threshold's work on the CPU (under a minute)",
+    "07_building_on_a_model": "BM25, the index, the coffee-order model (as at the cpu preset) and the load test, on the CPU",
 }
 
 

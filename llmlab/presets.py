@@ -276,4 +276,49 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
             train_steps=3000, batch_size=256, learning_rate=2e-3, eval_every=200,
         ),
     },
+    "07_building_on_a_model": {
+        # CLAP NQ: tuning_split questions (half answerable) choose everything, the rest only evaluate; tuning/test_questions
+        # take the first N of each (None: all); corpus_passages None = all 597 passages, else the questions' gold passages
+        # plus others up to N. chunk_grid: (words, overlap) pairs tried on tuning questions, None = whole passages.
+        # index_distractors: Tiny Shakespeare lines and BANKING77 messages added to the vector index (Part 5).
+        # order_*: the structured-output experiment (llmlab.structured.ORDER_DEFAULTS). generator: the gpu preset's Hub
+        # instruction model, which also judges; None = extractive answers only (no generative model offline).
+        "smoke": dict(
+            tuning_split=200, split_seed=0, tuning_questions=10, test_questions=20, corpus_passages=40, k=5,
+            method="dense", depth=50, chunk_grid=[(None, 0), (60, 15)], answer_sentences_grid=[1, 2],
+            recall_ks=[1, 5], resamples=1000, gate_method="hybrid", gate_margin=0.02, injection_targets=2,
+            permission_tenants=4, permission_users=50,
+            index_distractors=300, ef_values=[16, 64], hnsw_links=16, hnsw_ef_construction=40,
+            order_dialogs=150, order_steps=10, order_curve_steps=[], order_curve_examples=8, order_max_new_tokens=48,
+            order_generate_batch_size=64, order_library=False, cpu_threads=None,
+            serve_concurrencies=[1, 4], serve_requests=16, serve_max_batch=8, serve_max_wait_ms=5.0,
+            serve_overload_concurrency=16, serve_overload_queue=2,
+            generator=None, max_new_tokens=96, generation_batch_size=8, judge_items=20, judge_label_margin=0.2,
+        ),
+        "cpu": dict(
+            tuning_split=200, split_seed=0, tuning_questions=None, test_questions=None, corpus_passages=None, k=5,
+            method="dense", depth=50, chunk_grid=[(None, 0), (60, 15), (100, 20), (150, 30)],
+            answer_sentences_grid=[1, 2, 3], recall_ks=[1, 5, 10], resamples=10_000, gate_method="hybrid",
+            gate_margin=0.02, injection_targets=40, permission_tenants=5, permission_users=500,
+            index_distractors=30_000, ef_values=[16, 32, 64, 128, 256], hnsw_links=32, hnsw_ef_construction=200,
+            order_dialogs=None, order_steps=500, order_curve_steps=[25, 50, 100, 200], order_curve_examples=100,
+            order_generate_batch_size=64, order_library=False, cpu_threads=None,
+            serve_concurrencies=[1, 8, 32], serve_requests=200, serve_max_batch=32, serve_max_wait_ms=5.0,
+            serve_overload_concurrency=64, serve_overload_queue=16,
+            generator=None, max_new_tokens=96, generation_batch_size=8, judge_items=100, judge_label_margin=0.2,
+        ),
+        "gpu": dict(
+            tuning_split=200, split_seed=0, tuning_questions=None, test_questions=None, corpus_passages=None, k=5,
+            method="dense", depth=50, chunk_grid=[(None, 0), (60, 15), (100, 20), (150, 30)],
+            answer_sentences_grid=[1, 2, 3], recall_ks=[1, 5, 10], resamples=10_000, gate_method="hybrid",
+            gate_margin=0.02, injection_targets=40, permission_tenants=5, permission_users=500,
+            index_distractors=30_000, ef_values=[16, 32, 64, 128, 256], hnsw_links=32, hnsw_ef_construction=200,
+            order_dialogs=None, order_steps=500, order_curve_steps=[25, 50, 100, 200], order_curve_examples=100,
+            order_generate_batch_size=64, order_library=True, cpu_threads=None,
+            serve_concurrencies=[1, 8, 32], serve_requests=200, serve_max_batch=32, serve_max_wait_ms=5.0,
+            serve_overload_concurrency=64, serve_overload_queue=16,
+            generator="Qwen/Qwen2.5-1.5B-Instruct", max_new_tokens=128, generation_batch_size=8, judge_items=100,
+            judge_label_margin=0.2,
+        ),
+    },
 }

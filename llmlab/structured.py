@@ -608,7 +608,10 @@ def _greedy_batches(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_token
     order = np.argsort([len(p) for p in prompt_ids], kind="stable")
     generated: list[list[int]] = [[] for _ in prompt_ids]
-    for start in tqdm(range(0, len(order), batch_size), desc=description, leave=False):
+    batches = range(0, len(order), batch_size)
+    # no bar for a batch or two (the training curve's checks): it would only flicker
+    # inside the training bar and leave escape codes in a notebook's saved output
+    for start in tqdm(batches, desc=description, leave=False, disable=len(batches) < 3):
         rows = order[start : start + batch_size]
         width = max(len(prompt_ids[i]) for i in rows)
         ids = torch.tensor(
@@ -1173,7 +1176,7 @@ def coffee_order_experiment(settings: dict, device) -> dict:
               for way, generated in outputs.items()}
     return {"counts": counts, "seconds per order": seconds, "outputs": outputs,
             "mask seconds per order": mask_seconds, "held out": held_out,
-            "curve": curve,
+            "curve": curve, "vocabulary": vocabulary, "end token": end,
             "train examples": len(encoded), "skipped as too long": skipped,
             "held-out examples": len(held_out), "max new tokens": budget,
             "history": history, "options": options,

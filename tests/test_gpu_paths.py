@@ -50,6 +50,8 @@ NO_GPU_TRAINING_OF_THEIR_OWN = {
                     "test_lab03_gpu_pretraining; its generation runs at the gpu shapes in its memory estimate",
     "06_business": "it trains only the frozen recipe's linear head (scikit-learn, on the CPU), and its gpu preset "
                    "is its cpu preset",
+    "07_building_on_a_model": "its only training, the coffee-order writer, has the same shape at every preset "
+                              "(llmlab.structured.ORDER_DEFAULTS), which the lab's smoke run trains",
 }
 
 
@@ -73,6 +75,9 @@ def test_every_lab_with_presets_is_covered():
     assert covered.isdisjoint(NO_GPU_TRAINING_OF_THEIR_OWN)
     assert covered | set(NO_GPU_TRAINING_OF_THEIR_OWN) == set(LAB_PRESETS), "a new lab: add its gpu-shape test here"
     assert lab_settings("06_business", "gpu") == lab_settings("06_business", "cpu")
+    shape = ("order_vocab_size", "order_d_model", "order_d_ff", "order_n_layers", "order_n_heads", "order_max_length")
+    assert not set(shape) & (set(lab_settings("07_building_on_a_model", "gpu"))
+                             | set(lab_settings("07_building_on_a_model", "smoke")))
 
 
 # --- each lab's gpu-preset training, two steps at the gpu shapes ---------------------------------------
