@@ -1380,6 +1380,45 @@ def print_report(report: Mapping) -> None:
     )
 
 
+ASSISTANT_FILE = "assistant.json"  # what Lab 7 saves in its runs folder: the settings it chose
+
+
+def save_assistant_settings(folder, assistant: GroundedAssistant, chunk_size: int | None,
+                            chunk_overlap: int):
+    """Write the choices that rebuild ``assistant`` over CLAP NQ into ``folder``; returns the file."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / ASSISTANT_FILE
+    path.write_text(json.dumps({
+        "chunk_size": chunk_size, "chunk_overlap": chunk_overlap, "k": assistant.k,
+        "method": assistant.method, "threshold": assistant.threshold,
+        "abstain_on": assistant.abstain_on, "answer_sentences": assistant.answer_sentences,
+    }, indent=1))
+    return path
+
+
+def assistant_from_runs(runs, device=None) -> GroundedAssistant:
+    """Lab 7's grounded assistant rebuilt from what the lab saved in ``runs``: every CLAP NQ
+    passage, owned by the tenant "wikipedia", embedded with MiniLM, and the lab's choices.
+    A FileNotFoundError names the missing file and the lab that writes it."""
+    import json
+    from functools import partial
+    from pathlib import Path
+
+    from llmlab.data import clapnq
+    from llmlab.embeddings import embed
+
+    path = Path(runs) / "07_building_on_a_model" / ASSISTANT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run Lab 7 "
+                                "(solutions/07_building_on_a_model.ipynb) with this runs folder first")
+    choices = json.loads(path.read_text())
+    _, passages = clapnq()
+    return GroundedAssistant(passages, partial(embed, device=device, progress=False),
+                             {p.id: "wikipedia" for p in passages}, **choices)
+
+
 def benchmark(preset: str) -> dict:
     """``python -m llmlab.bench rag``: :func:`rag_benchmark` at a preset, printed."""
     from llmlab.presets import lab_settings

@@ -810,3 +810,24 @@ def test_every_choice_depends_on_the_tuning_questions_only():
     assert few["chosen"] == more["chosen"] and few["chunking"] == more["chunking"]
     assert few["abstention_signals"] == more["abstention_signals"]
     assert few["answers"]["answerable"] == 2 and more["answers"]["answerable"] == 6
+
+
+def test_the_assistant_saved_by_the_lab_is_rebuilt_for_serving(tmp_path, monkeypatch):
+    """Lab 7 saves its choices; `python -m llmlab.serve rag` rebuilds the same assistant from them."""
+    from llmlab.data import clapnq
+
+    monkeypatch.setattr("llmlab.embeddings.embed", lambda texts, device=None, progress=True: fake_embed(texts))
+    _, passages = clapnq()
+    tenant_of = {p.id: "wikipedia" for p in passages}
+    chosen = rag.GroundedAssistant(passages, fake_embed, tenant_of, 60, 15, 3, "hybrid", 0.25, "sentence", 2)
+    folder = tmp_path / "07_building_on_a_model"
+    folder.mkdir()
+    rag.save_assistant_settings(folder, chosen, 60, 15)
+    rebuilt = rag.assistant_from_runs(tmp_path)
+    assert (rebuilt.k, rebuilt.method, rebuilt.threshold, rebuilt.abstain_on, rebuilt.answer_sentences) \
+        == (3, "hybrid", 0.25, "sentence", 2)
+    assert [c.id for c in rebuilt.retriever.chunks] == [c.id for c in chosen.retriever.chunks]
+    request = [{"question": "who wrote the song story of an artist", "user_tenants": ["wikipedia"]}]
+    assert rebuilt.answer_batch(request)[0]["answer"] == chosen.answer_batch(request)[0]["answer"]
+    with pytest.raises(FileNotFoundError, match="run Lab 7"):
+        rag.assistant_from_runs(tmp_path / "elsewhere")
