@@ -9,6 +9,12 @@ The classifier is anything with ``predict(texts) -> [(intent, confidence)]`` (La
 hands the message to a person; the intent is still returned so it can be routed. The
 evidence is the few known questions closest to the message, found with the MiniLM encoder,
 so whoever reads the reply (a customer or an agent) can see why this answer was chosen.
+
+A frozen-recipe classifier reads the same MiniLM vector the evidence search does, so a
+server can embed each message once instead of twice (``embed_once=True``). That is only
+right when the two really share the encoder, so it is checked, not assumed:
+:func:`shared_embedding_problem` says why they cannot share, and the assistant refuses
+``embed_once`` with that reason.
 """
 
 from __future__ import annotations
@@ -102,25 +108,94 @@ class Reply:
     evidence: list[Evidence] = field(default_factory=list)
 
 
+# Messages on which a classifier and an evidence search must agree before they share embeddings:
+# short ones, and one past the encoders' 128-token window, so a different truncation shows too.
+EMBEDDING_PROBES = (
+    "my card has not arrived yet",
+    "Why was I charged a fee for taking out cash abroad?",
+    "I topped up with my card but the money is not in my account and the app says pending. " * 8,
+)
+
+
+def shared_embedding_problem(classifier, evidence: NearestQuestions | None, probes: Sequence[str] = EMBEDDING_PROBES,
+                             tolerance: float = 1e-5) -> str | None:
+    """Why ``classifier`` cannot score the vectors that ``evidence`` embeds messages into; None when it can.
+
+    Embedding a message once for both is right only when the classifier, given the evidence's
+    vectors, says what it says given the texts. Checked on ``probes``: the classifier needs
+    ``probabilities_from_embeddings`` (a frozen-recipe ``IntentClassifier`` has it; a classifier
+    whose encoder was trained raises ValueError there), and its probabilities and predictions
+    from ``evidence.embed(probes)`` must equal those from the texts within ``tolerance``.
+    """
+    if evidence is None:
+        return "there is no evidence search to share the embeddings with"
+    needed = ("predict", "predict_proba", "probabilities_from_embeddings")
+    if not all(callable(getattr(classifier, name, None)) for name in needed) or not hasattr(classifier, "intents"):
+        return f"the classifier ({type(classifier).__name__}) lacks intents or one of {', '.join(needed)}"
+    probes = list(probes)
+    try:
+        from_vectors = np.asarray(classifier.probabilities_from_embeddings(evidence.embed(probes)), dtype=np.float64)
+    except (ValueError, RuntimeError) as error:  # a trained encoder, or vectors of another width
+        reason = str(error).splitlines()[0] if str(error) else ""
+        return f"the classifier cannot read the evidence's vectors ({type(error).__name__}: {reason})"
+    from_texts = np.asarray(classifier.predict_proba(probes), dtype=np.float64)
+    if from_vectors.shape != from_texts.shape:
+        return f"the classifier gives probabilities of shape {from_vectors.shape} from the evidence's vectors, " \
+               f"{from_texts.shape} from the texts"
+    gap = float(np.abs(from_vectors - from_texts).max())
+    if not gap <= tolerance:
+        return f"the classifier's probabilities from the evidence's vectors differ from those from the texts by " \
+               f"up to {gap:.1e} (tolerance {tolerance:.0e}): the two embed messages differently"
+    said, read = classifier.predict(probes), predictions_from_probabilities(from_vectors, classifier.intents)
+    if any(a[0] != b[0] or abs(a[1] - b[1]) > tolerance for a, b in zip(said, read)):
+        return "the classifier's predict is not the most likely intent of its predict_proba"
+    return None
+
+
+def predictions_from_probabilities(probabilities, intents: Sequence[str]) -> list[tuple[str, float]]:
+    """The most likely intent of each row and its probability (``IntentClassifier.predict`` from its probabilities)."""
+    probabilities = np.asarray(probabilities)
+    best = probabilities.argmax(axis=1)
+    return [(intents[i], float(probabilities[row, i])) for row, i in enumerate(best)]
+
+
 class SupportAssistant:
-    """Answers a message when the classifier is confident enough, hands it to a person otherwise."""
+    """Answers a message when the classifier is confident enough, hands it to a person otherwise.
+
+    ``embed_once=True``: embed each message once, with ``evidence.embed``, and give that vector to
+    both the classifier (``probabilities_from_embeddings``) and the evidence search, instead of
+    letting each embed it. Allowed only when :func:`shared_embedding_problem` finds none (a
+    ValueError names the problem otherwise); the replies then equal those of the default path.
+    """
 
     def __init__(self, classifier, answers: dict[str, str], threshold: float, evidence: NearestQuestions | None = None,
-                 evidence_count: int = 3):
+                 evidence_count: int = 3, embed_once: bool = False):
         if not 0 <= threshold <= 1:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         missing = [intent for intent in getattr(classifier, "intents", []) if intent not in answers]
         if missing:
             raise ValueError(f"no answer for {len(missing)} of the classifier's intents, e.g. {missing[:3]}")
+        if embed_once:
+            problem = shared_embedding_problem(classifier, evidence)
+            if problem:
+                raise ValueError(f"embed_once=True needs one encoder for the classifier and the evidence: {problem}")
         self.classifier = classifier
         self.answers = answers
         self.threshold = threshold
         self.evidence = evidence
         self.evidence_count = evidence_count
+        self.embed_once = bool(embed_once)
 
     def reply_many(self, texts: list[str]) -> list[Reply]:
-        predictions = self.classifier.predict(list(texts))
-        neighbours = self.evidence.nearest(list(texts), self.evidence_count) if self.evidence else [[] for _ in texts]
+        texts = list(texts)
+        if self.embed_once:  # checked in __init__: the classifier reads the evidence's vectors as its own
+            vectors = self.evidence.embed(texts)
+            probabilities = self.classifier.probabilities_from_embeddings(vectors)
+            predictions = predictions_from_probabilities(probabilities, self.classifier.intents)
+            neighbours = self.evidence.nearest(texts, self.evidence_count, embeddings=vectors)
+        else:
+            predictions = self.classifier.predict(texts)
+            neighbours = self.evidence.nearest(texts, self.evidence_count) if self.evidence else [[] for _ in texts]
         replies = []
         for (intent, confidence), evidence in zip(predictions, neighbours):
             handoff = confidence < self.threshold

@@ -25,6 +25,9 @@ its own result. ``max_batch=1`` turns batching off (one request per model call, 
 one call at a time).
 ``create_app(..., length_group=16)`` runs each batch as groups of messages of similar
 length, since an encoder pads every message of a call to the longest one.
+``python -m llmlab.serve classifier`` also embeds each message once, not once for the
+classifier and once for the evidence, where the two are checked to share the encoder
+(``llmlab.assistant.shared_embedding_problem``; a frozen-recipe classifier does).
 
 Past capacity: a bounded queue. When ``max_queue`` requests are already waiting, a new
 one is refused at once with 429 Too Many Requests and a Retry-After header (an estimate
@@ -724,7 +727,6 @@ def classifier_assistant_from_runs(
 
     from llmlab.assistant import (
         NearestQuestions,
-        SupportAssistant,
         load_answers,
         pick_operating_point,
         threshold_sweep,
@@ -774,11 +776,36 @@ def classifier_assistant_from_runs(
             f"{chosen['wrong_answer_upper_bound']:.2%}, "
             f"cap {max_wrong_answer_rate:.0%})"
         )
+    return support_assistant_embedding_once_if_shared(
+        classifier, load_answers(intents=intents), threshold, evidence
+    )
+
+
+def support_assistant_embedding_once_if_shared(
+    classifier, answers, threshold, evidence
+):
+    """A ``SupportAssistant`` that embeds each message once where that is checked right.
+
+    A frozen-recipe classifier reads the MiniLM vector the evidence search computes, so
+    one encoder pass serves both (``embed_once``); a classifier whose encoder was trained
+    (recipe lora or finetune) cannot, and then each message is embedded twice. Either
+    way one line says which, and why.
+    """
+    from llmlab.assistant import SupportAssistant, shared_embedding_problem
+
+    problem = shared_embedding_problem(classifier, evidence)
+    if problem is None:
+        print(
+            "embedding each message once: the classifier reads the evidence's vectors"
+        )
+    else:
+        print(f"embedding each message twice (classifier, then evidence): {problem}")
     return SupportAssistant(
         classifier,
-        load_answers(intents=intents),
+        answers,
         threshold=threshold,
         evidence=evidence,
+        embed_once=problem is None,
     )
 
 

@@ -145,6 +145,32 @@ def test_end_to_end_with_the_real_classifier(real_assistant):
     assert body["answer"] is None or body["answer"] == load_answers()[body["intent"]]
 
 
+def test_embedding_once_equals_embedding_twice_with_the_real_classifier(real_assistant):
+    """Lab 4's frozen classifier reads the evidence's MiniLM vectors: the same replies from one encoder pass."""
+    from llmlab.assistant import shared_embedding_problem
+    from llmlab.load_test import banking77_payloads
+
+    classifier, evidence = real_assistant.classifier, real_assistant.evidence
+    once = SupportAssistant(classifier, real_assistant.answers, 0.2, evidence=evidence, embed_once=True)
+    messages = [payload["text"] for payload in banking77_payloads(12)]
+    expected, replies = real_assistant.reply_many(messages), once.reply_many(messages)
+    assert [(r.intent, r.answer, r.handoff) for r in replies] == [(r.intent, r.answer, r.handoff) for r in expected]
+    assert [r.evidence for r in replies] == [r.evidence for r in expected]
+    assert max(abs(a.confidence - b.confidence) for a, b in zip(replies, expected)) < 1e-6
+    # an evidence search over the same vectors with their coordinates reversed finds the same neighbours,
+    # but the classifier would read other vectors: refused, in one line
+    reversed_evidence = NearestQuestions(evidence.texts, evidence.intents, lambda batch: evidence.embed(batch).flip(1),
+                                         evidence.vectors.flip(1))
+    def neighbour_texts(search):
+        return [[item.text for item in row] for row in search.nearest(messages[:3])]
+
+    assert neighbour_texts(reversed_evidence) == neighbour_texts(evidence)
+    with pytest.raises(ValueError, match="embed messages differently") as error:
+        SupportAssistant(classifier, real_assistant.answers, 0.2, evidence=reversed_evidence, embed_once=True)
+    assert "\n" not in str(error.value)
+    assert shared_embedding_problem(classifier, evidence) is None
+
+
 def _free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))

@@ -150,3 +150,89 @@ def test_assistant_answers_above_the_threshold_and_hands_off_below():
         support.SupportAssistant(FakeIntentClassifier(), {"card_arrival": "x"}, threshold=0.5)
     with pytest.raises(ValueError, match="threshold"):
         support.SupportAssistant(FakeIntentClassifier(), answers, threshold=1.5)
+
+
+# --- embedding each message once -------------------------------------------------------------
+
+
+class CountingEmbedder:
+    """An embedding function that counts the texts it embeds."""
+
+    def __init__(self, vectors):
+        self.vectors, self.texts_embedded = vectors, 0
+
+    def __call__(self, texts):
+        self.texts_embedded += len(texts)
+        return self.vectors(texts)
+
+
+class FrozenWordClassifier:
+    """A test double of a frozen-recipe IntentClassifier: a fixed linear head over word_vectors."""
+
+    intents = ["card_arrival", "lost_or_stolen_card"]
+    head = np.array([[2.0, 1.5, -1.0, -1.0, 0.0, 0.0], [-1.0, -1.0, 3.0, 2.5, 0.0, 0.0]], dtype=np.float32).T
+
+    def __init__(self, encoder=word_vectors):
+        self.encoder = encoder
+
+    def probabilities_from_embeddings(self, embeddings):
+        logits = np.asarray(embeddings, dtype=np.float64) @ self.head
+        return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+    def predict_proba(self, texts):
+        return self.probabilities_from_embeddings(self.encoder(texts))
+
+    def predict(self, texts):
+        return support.predictions_from_probabilities(self.predict_proba(texts), self.intents)
+
+
+KNOWN_QUESTIONS = ["my card has not arrived", "card still not arrived", "my card was stolen", "lost my card"]
+KNOWN_INTENTS = ["card_arrival", "card_arrival", "lost_or_stolen_card", "lost_or_stolen_card"]
+ANSWERS = {"card_arrival": "It is on its way.", "lost_or_stolen_card": "Freeze it now."}
+MESSAGES = ["someone stolen my card", "where is my card, not arrived", "a fee for a transfer", "lost card, lost"]
+
+
+def test_embedding_once_gives_the_same_replies_and_embeds_each_message_once():
+    embedder = CountingEmbedder(word_vectors)
+    evidence = support.NearestQuestions(KNOWN_QUESTIONS, KNOWN_INTENTS, embedder)
+    classifier = FrozenWordClassifier(encoder=embedder)  # the same encoder, counted once for both
+    twice = support.SupportAssistant(classifier, ANSWERS, threshold=0.6, evidence=evidence)
+    once = support.SupportAssistant(classifier, ANSWERS, threshold=0.6, evidence=evidence, embed_once=True)
+    assert once.embed_once and not twice.embed_once
+    embedder.texts_embedded = 0
+    expected = twice.reply_many(MESSAGES)
+    assert embedder.texts_embedded == 2 * len(MESSAGES)
+    embedder.texts_embedded = 0
+    replies = once.reply_many(MESSAGES)
+    assert embedder.texts_embedded == len(MESSAGES)  # the classifier read the evidence's vectors
+    assert replies == expected
+    assert {reply.handoff for reply in replies} == {True, False} and all(len(r.evidence) == 3 for r in replies)
+
+
+def test_embedding_once_is_refused_in_one_line_where_classifier_and_evidence_embed_differently():
+    # The evidence embeds with the vocabulary reversed: its search finds the same neighbours (a cosine
+    # is blind to the order of the coordinates), but the classifier would read other vectors.
+    evidence = support.NearestQuestions(KNOWN_QUESTIONS, KNOWN_INTENTS, lambda texts: word_vectors(texts)[:, ::-1].copy())
+    assert support.shared_embedding_problem(FrozenWordClassifier(), evidence) is not None
+    with pytest.raises(ValueError, match="embed messages differently") as error:
+        support.SupportAssistant(FrozenWordClassifier(), ANSWERS, threshold=0.6, evidence=evidence, embed_once=True)
+    assert "\n" not in str(error.value)
+    shared = support.NearestQuestions(KNOWN_QUESTIONS, KNOWN_INTENTS, word_vectors)
+    assert support.shared_embedding_problem(FrozenWordClassifier(), shared) is None
+    # a classifier that cannot score vectors, vectors of another width, no evidence at all
+    with pytest.raises(ValueError, match="lacks intents or one of predict, predict_proba, probabilities_from_embeddings"):
+        support.SupportAssistant(FakeIntentClassifier(), ANSWERS, threshold=0.6, evidence=shared, embed_once=True)
+    wide = support.NearestQuestions(KNOWN_QUESTIONS, KNOWN_INTENTS, lambda texts: np.tile(word_vectors(texts), 2))
+    assert "cannot read the evidence's vectors" in support.shared_embedding_problem(FrozenWordClassifier(), wide)
+    with pytest.raises(ValueError, match="no evidence search"):
+        support.SupportAssistant(FrozenWordClassifier(), ANSWERS, threshold=0.6, embed_once=True)
+
+
+def test_a_trained_encoder_cannot_share_the_evidence_vectors():
+    class TrainedEncoderClassifier(FrozenWordClassifier):
+        def probabilities_from_embeddings(self, embeddings):  # what IntentClassifier does for lora, finetune
+            raise ValueError("probabilities_from_embeddings needs a classifier trained with recipe='frozen'\nmore")
+
+    evidence = support.NearestQuestions(KNOWN_QUESTIONS, KNOWN_INTENTS, word_vectors)
+    problem = support.shared_embedding_problem(TrainedEncoderClassifier(), evidence)
+    assert problem.endswith("(ValueError: probabilities_from_embeddings needs a classifier trained with recipe='frozen')")

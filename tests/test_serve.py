@@ -444,6 +444,72 @@ def test_serving_without_a_saved_classifier_is_one_clear_line(tmp_path, capsys):
     assert str(tmp_path / "04_fine_tuning" / "frozen") in error and "run Lab 4" in error
 
 
+class FrozenFeatureClassifier:
+    """A frozen-recipe classifier's double: a fixed linear head over ``encoder``'s vectors."""
+
+    intents = INTENTS
+    head = np.array(
+        [[0.9, -0.4, 0.3], [0.2, 0.8, -0.5], [-0.6, 0.1, 0.7], [0.3, -0.2, 0.4]]
+    )
+
+    def __init__(self, encoder=text_features):
+        self.encoder = encoder
+
+    def probabilities_from_embeddings(self, embeddings):
+        logits = np.asarray(embeddings, dtype=np.float64) @ self.head
+        return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+    def predict_proba(self, texts):
+        return self.probabilities_from_embeddings(self.encoder(texts))
+
+    def predict(self, texts):
+        probabilities = self.predict_proba(texts)
+        return [(INTENTS[row.argmax()], float(row.max())) for row in probabilities]
+
+
+def test_the_classifier_command_embeds_once_only_where_the_encoder_is_shared(capsys):
+    embedded: list[int] = []
+
+    def counted_features(texts):
+        embedded.append(len(texts))
+        return text_features(texts)
+
+    known_intents = [INTENTS[0], INTENTS[1], INTENTS[2], INTENTS[0]]
+    shared = NearestQuestions(KNOWN, known_intents, counted_features)
+    once = serve.support_assistant_embedding_once_if_shared(
+        FrozenFeatureClassifier(), ANSWERS, 0.7, shared
+    )
+    assert once.embed_once
+    assert capsys.readouterr().out.startswith("embedding each message once")
+    twice = SupportAssistant(FrozenFeatureClassifier(), ANSWERS, 0.7, evidence=shared)
+    bodies = [{"text": text} for text in MESSAGES]
+    served = asyncio.run(
+        post_all(create_app(once, length_group=4), "/classify", bodies)
+    )
+    expected = asyncio.run(post_all(create_app(twice), "/classify", bodies))
+    assert [r.status_code for r in served] == [200] * len(bodies)
+    assert [r.json() for r in served] == [r.json() for r in expected]
+    assert {r.json()["handoff"] for r in served} == {True, False}
+    # a classifier with its own encoder (the same features, scaled): embedded twice, said so
+    scaled: list[int] = []
+
+    def scaled_features(texts):
+        scaled.append(len(texts))
+        return 2 * text_features(texts)
+
+    other = FrozenFeatureClassifier(encoder=scaled_features)
+    fallback = serve.support_assistant_embedding_once_if_shared(
+        other, ANSWERS, 0.7, shared
+    )
+    line = capsys.readouterr().out.strip()
+    assert not fallback.embed_once and "\n" not in line
+    assert line.startswith("embedding each message twice (classifier, then evidence)")
+    assert "embed messages differently" in line
+    embedded.clear(), scaled.clear()
+    fallback.reply_many(MESSAGES)
+    assert embedded == scaled == [len(MESSAGES)]  # each embeds with its own function
+
+
 @pytest.mark.parametrize(
     "url",
     [
