@@ -2,6 +2,7 @@
 
     app = create_app(assistant)    # then: uvicorn.run(app, host="127.0.0.1", port=8000)
     python -m llmlab.serve classifier --runs runs    # the same, from what Lab 4 saved
+    python -m llmlab.serve rag --runs runs           # Lab 7's grounded assistant, POST /answer
 
     POST /classify  {"text": "my card hasn't arrived"}
     200 {"intent": "card_arrival", "confidence": 0.93, "answer": "Sorry…",
@@ -823,6 +824,21 @@ def _classifier_app(options) -> FastAPI:
     )
 
 
+def _answer_app(options) -> FastAPI:
+    from llmlab.rag import assistant_from_runs
+
+    try:
+        assistant = assistant_from_runs(options.runs)
+    except FileNotFoundError as error:
+        raise NothingSaved(str(error)) from None
+    return create_answer_app(
+        assistant.answer_batch,
+        max_batch=options.max_batch,
+        max_wait_ms=options.max_wait_ms,
+        max_queue=options.max_queue,
+    )
+
+
 def _at_least_one(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -895,6 +911,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_server_options(classifier)
     classifier.set_defaults(build=_classifier_app)
+    grounded = commands.add_parser(
+        "rag", help="Lab 7's grounded assistant over CLAP NQ (POST /answer)"
+    )
+    grounded.add_argument(
+        "--runs",
+        type=Path,
+        default=Path(os.environ.get("LLMLAB_RUNS") or "runs"),
+        help="the runs folder of the labs (default: $LLMLAB_RUNS or runs)",
+    )
+    _add_server_options(grounded)
+    grounded.set_defaults(build=_answer_app)
     return parser
 
 

@@ -444,6 +444,33 @@ def test_serving_without_a_saved_classifier_is_one_clear_line(tmp_path, capsys):
     assert str(tmp_path / "04_fine_tuning" / "frozen") in error and "run Lab 4" in error
 
 
+def test_serving_lab7_without_its_saved_choices_is_one_clear_line(tmp_path, capsys):
+    assert serve.main(["rag", "--runs", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error
+    assert str(tmp_path / "07_building_on_a_model") in error and "run Lab 7" in error
+
+
+def test_the_rag_command_serves_what_lab7_saved(tmp_path, monkeypatch):
+    """The app the command builds answers POST /answer with the rebuilt assistant (a fake encoder)."""
+    from fastapi.testclient import TestClient
+
+    from llmlab import rag
+
+    folder = tmp_path / "07_building_on_a_model"
+    folder.mkdir()
+    (folder / rag.ASSISTANT_FILE).write_text(
+        '{"chunk_size": null, "chunk_overlap": 0, "k": 3, "method": "bm25", "threshold": -1.0, '
+        '"abstain_on": "retrieval", "answer_sentences": 1}')
+    monkeypatch.setattr("llmlab.embeddings.embed",
+                        lambda texts, device=None, progress=True: np.ones((len(texts), 4)) + np.eye(len(texts), 4))
+    app = serve.build_parser().parse_args(["rag", "--runs", str(tmp_path), "--max-batch", "4"])
+    with TestClient(app.build(app)) as client:
+        response = client.post("/answer", json={"question": "who sang story of an artist",
+                                                "user_tenants": ["wikipedia"]})
+    assert response.status_code == 200 and response.json()["citations"], response.json()
+
+
 class FrozenFeatureClassifier:
     """A frozen-recipe classifier's double: a fixed linear head over ``encoder``'s vectors."""
 

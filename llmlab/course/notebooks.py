@@ -438,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("execute", help="run solution notebooks in place with a preset and record the time")
     run.add_argument("notebooks", nargs="+", type=Path)
     run.add_argument("--preset", required=True, choices=PRESET_NAMES)
+    run.add_argument("--runs", type=Path, default=None,
+                     help="the checkpoints folder an earlier recorded command printed, to re-run one of its labs "
+                          "with what the labs before it wrote (default: a fresh folder)")
     arguments = parser.parse_args(argv)
 
     if arguments.command == "labs":
@@ -454,7 +457,9 @@ def main(argv: list[str] | None = None) -> int:
         # command, so Lab 5 finds the model Lab 3 trained just before), never to one an earlier run resumes from.
         import tempfile
 
-        os.environ["LLMLAB_RUNS"] = tempfile.mkdtemp(prefix="llmlab-runs-")
+        if arguments.runs is not None and not arguments.runs.is_dir():
+            parser.error(f"--runs {arguments.runs}: no such folder")
+        os.environ["LLMLAB_RUNS"] = str(arguments.runs or tempfile.mkdtemp(prefix="llmlab-runs-"))
         print(f"checkpoints of this run: {os.environ['LLMLAB_RUNS']}")
         for path in arguments.notebooks:
             seconds = execute(path.resolve(), arguments.preset)
