@@ -221,8 +221,10 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
             optimizer="muon", muon_learning_rate=0.02, muon_weight_decay=0.1, activation="relu2", tie_weights=False, zero_init_projections=True,
             logit_softcap=15.0, schedule="trapezoidal", decay_fraction=0.4, floor_ratio=0.0,
             eval_every=25, eval_windows=300, checkpoint_every=250,
-            sample_characters=500, resume_demo_steps=60, step_check_steps=40, ablation_steps=400,
-            scaling_sizes=[[16, 1], [16, 2], [24, 2], [32, 2], [48, 2]], scaling_budgets=[5e10, 1e11, 2e11, 4e11],
+            sample_characters=500, resume_demo_steps=60, step_check_steps=40, ablation_steps=300,
+            # Three budgets and 300-step ablation runs keep the lab under 10 minutes on 2 cores (with a 4e11 budget
+            # and 400 steps it took 732 s): the 4e11 budget alone was 124 s of tiny models, each step mostly overhead.
+            scaling_sizes=[[16, 1], [16, 2], [24, 2], [32, 2], [48, 2]], scaling_budgets=[5e10, 1e11, 2e11],
             baseline=dict(steps=600, warmup_steps=30, batch_size=32, learning_rate=5e-3),
         ),
         # nanoGPT's shakespeare_char configuration (its README: val loss 1.4697 on an A100), with rotary
@@ -281,12 +283,13 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
         # take the first N of each (None: all); corpus_passages None = all 597 passages, else the questions' gold passages
         # plus others up to N. chunk_grid: (words, overlap) pairs tried on tuning questions, None = whole passages.
         # index_distractors: Tiny Shakespeare lines and BANKING77 messages added to the vector index (Part 5).
+        # help_centre_messages: BANKING77 test messages searching Lab 6's 77 answer articles (Part 3); None = all 3,080.
         # order_*: the structured-output experiment (llmlab.structured.ORDER_DEFAULTS). generator: the gpu preset's Hub
         # instruction model, which also judges; None = extractive answers only (no generative model offline).
         "smoke": dict(
             tuning_split=200, split_seed=0, tuning_questions=10, test_questions=20, corpus_passages=40, k=5,
             method="dense", depth=50, chunk_grid=[(None, 0), (60, 15)], answer_sentences_grid=[1, 2],
-            recall_ks=[1, 5], resamples=1000, gate_method="hybrid", gate_margin=0.02, injection_targets=2,
+            recall_ks=[1, 5], help_centre_messages=60, resamples=1000, gate_method="hybrid", gate_margin=0.02, injection_targets=2,
             permission_tenants=4, permission_users=50,
             index_distractors=300, ef_values=[16, 64], hnsw_links=16, hnsw_ef_construction=40,
             order_dialogs=150, order_steps=10, order_curve_steps=[], order_curve_examples=8, order_max_new_tokens=48,
@@ -298,7 +301,7 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
         "cpu": dict(
             tuning_split=200, split_seed=0, tuning_questions=None, test_questions=None, corpus_passages=None, k=5,
             method="dense", depth=50, chunk_grid=[(None, 0), (60, 15), (100, 20), (150, 30)],
-            answer_sentences_grid=[1, 2, 3], recall_ks=[1, 5, 10], resamples=10_000, gate_method="hybrid",
+            answer_sentences_grid=[1, 2, 3], recall_ks=[1, 5, 10], help_centre_messages=None, resamples=10_000, gate_method="hybrid",
             gate_margin=0.02, injection_targets=40, permission_tenants=5, permission_users=500,
             index_distractors=30_000, ef_values=[16, 32, 64, 128, 256], hnsw_links=32, hnsw_ef_construction=200,
             order_dialogs=None, order_steps=500, order_curve_steps=[25, 50, 100, 200], order_curve_examples=100,
@@ -310,7 +313,7 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
         "gpu": dict(
             tuning_split=200, split_seed=0, tuning_questions=None, test_questions=None, corpus_passages=None, k=5,
             method="dense", depth=50, chunk_grid=[(None, 0), (60, 15), (100, 20), (150, 30)],
-            answer_sentences_grid=[1, 2, 3], recall_ks=[1, 5, 10], resamples=10_000, gate_method="hybrid",
+            answer_sentences_grid=[1, 2, 3], recall_ks=[1, 5, 10], help_centre_messages=None, resamples=10_000, gate_method="hybrid",
             gate_margin=0.02, injection_targets=40, permission_tenants=5, permission_users=500,
             index_distractors=30_000, ef_values=[16, 32, 64, 128, 256], hnsw_links=32, hnsw_ef_construction=200,
             order_dialogs=None, order_steps=500, order_curve_steps=[25, 50, 100, 200], order_curve_examples=100,
