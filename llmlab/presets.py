@@ -168,7 +168,8 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
         ),
     },
     "04_fine_tuning": {
-        # train_per_intent / test_size None = the full BANKING77 split; curve None = all examples
+        # train_per_intent / test_size None = the full BANKING77 split; curve None = all examples. bench_recipe
+        # "frozen+tfidf": the frozen recipe and a TF-IDF classifier blended (llmlab.intents.train_blended_classifier).
         "smoke": dict(
             train_per_intent=5, test_size=200, tfidf_C=10.0, curve_per_intent=[2, 5], curve_seeds=1,
             frozen_settings=dict(C=20.0),
@@ -176,7 +177,7 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
             lora_settings=dict(epochs=1, batch_size=32, learning_rate=2e-3, head_learning_rate=3e-3, max_length=32,
                                lora_r=8, lora_alpha=16, lora_dropout=0.0),
             top_layers_settings=dict(_LAB4_TOP_LAYERS, epochs=1, max_length=32, train_layers=1),
-            bench_recipe="frozen", bench_settings=dict(C=20.0),
+            bench_recipe="frozen+tfidf", bench_settings=dict(C=20.0, tfidf_C=10.0),
         ),
         "cpu": dict(
             train_per_intent=None, test_size=None, tfidf_C=10.0, curve_per_intent=[5, 10, 25, 50, None], curve_seeds=3,
@@ -185,7 +186,7 @@ LAB_PRESETS: dict[str, dict[str, dict]] = {
             lora_settings=dict(epochs=2, batch_size=32, learning_rate=2e-3, head_learning_rate=3e-3, max_length=64,
                                lora_r=8, lora_alpha=16, lora_dropout=0.0),
             top_layers_settings=_LAB4_TOP_LAYERS,
-            bench_recipe="frozen", bench_settings=dict(C=20.0),
+            bench_recipe="frozen+tfidf", bench_settings=dict(C=20.0, tfidf_C=10.0),
         ),
         "gpu": dict(
             train_per_intent=None, test_size=None, tfidf_C=10.0, curve_per_intent=[5, 10, 25, 50, None], curve_seeds=3,

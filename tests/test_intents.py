@@ -191,7 +191,8 @@ def test_lora_linear_starts_at_the_base_layer_and_matches_peft():
 def test_benchmark_measures_on_the_smoke_preset(capsys):
     result = routing.benchmark("smoke")
     printed = capsys.readouterr().out
-    assert result["preset"] == "smoke" and result["recipe"] == "frozen"
+    assert result["preset"] == "smoke" and result["recipe"] == "frozen+tfidf"
+    assert "lexical weight " in printed and "chosen on 10 % of the training texts" in printed
     assert 0.3 < result["test_accuracy"] <= 1.0 and 0.0 < result["macro_f1"] <= 1.0
     assert result["train_seconds"] > 0 and result["total_seconds"] >= result["train_seconds"]
     assert f"test accuracy {result['test_accuracy']:.4f} (95 % interval" in printed and "machine: cpu: " in printed
@@ -199,6 +200,37 @@ def test_benchmark_measures_on_the_smoke_preset(capsys):
     assert 0.0 <= low < result["test_accuracy"] < high <= 1.0 and high - low > 0.05  # 200 test messages: a wide interval
     with pytest.raises(ValueError, match="unknown preset 'tiny'; valid presets: smoke, cpu, gpu"):
         routing.benchmark("tiny")
+
+
+# --- the frozen recipe blended with a lexical classifier (the cpu benchmark's recipe) ---------------------------
+
+
+def test_blend_at_the_ends_is_either_classifier_and_between_them_can_beat_both():
+    semantic = np.array([[0.6, 0.4], [0.6, 0.4], [0.2, 0.8]])
+    lexical = np.array([[0.9, 0.1], [0.3, 0.7], [0.7, 0.3]])
+    assert (routing.blend_log_probabilities(semantic, lexical, 0.0).argmax(1) == semantic.argmax(1)).all()
+    assert (routing.blend_log_probabilities(semantic, lexical, 1.0).argmax(1) == lexical.argmax(1)).all()
+    labels = [0, 1, 1]  # each classifier gets one message wrong; the even blend gets all three right
+    np.testing.assert_allclose(routing.blend_log_probabilities(semantic, lexical, 0.5),
+                               0.5 * np.log(semantic) + 0.5 * np.log(lexical))
+    weight, accuracy = routing.choose_lexical_weight(semantic, lexical, labels, weights=(0.0, 0.5, 1.0))
+    assert accuracy == {0.0: pytest.approx(2 / 3), 0.5: 1.0, 1.0: pytest.approx(2 / 3)} and weight == 0.5
+    # a tie goes to the smaller lexical weight
+    assert routing.choose_lexical_weight(semantic, lexical, [0, 0, 1], weights=(0.0, 0.2))[0] == 0.0
+    with pytest.raises(ValueError, match="lexical_weight must be in"):
+        routing.blend_log_probabilities(semantic, lexical, 1.5)
+    with pytest.raises(ValueError, match="differ in shape"):
+        routing.blend_log_probabilities(semantic, lexical[:2], 0.5)
+
+
+def test_blended_classifier_learns_the_toy_intents_and_handles_an_intent_absent_from_training():
+    blend = routing.train_blended_classifier(TEXTS, LABELS, len(INTENTS) + 1, device="cpu", validation_share=0.25)
+    probabilities = blend.predict_proba(NEW_MESSAGES)
+    assert probabilities.shape == (3, 4) and np.allclose(probabilities.sum(1), 1.0)
+    assert probabilities.argmax(1).tolist() == [0, 1, 2] and (probabilities[:, 3] < 1e-3).all()
+    assert blend.lexical_weight in routing.BLEND_WEIGHTS and set(blend.validation_accuracy) == set(routing.BLEND_WEIGHTS)
+    lexical = blend.lexical[-1]
+    assert blend.trainable_parameters == 4 * 384 + 4 + lexical.coef_.size + lexical.intercept_.size
 
 
 def test_folder_megabytes_counts_files_and_folders(tmp_path):
