@@ -204,3 +204,80 @@ def test_glossary_is_linked_from_both_editions(built_book):
         for page in ("book/intro.html", "book/05_inference.html", "solutions/03_pretraining.html"):
             assert 'href="glossary.html"' in (edition / page).read_text(encoding="utf-8") or \
                 'href="../book/glossary.html"' in (edition / page).read_text(encoding="utf-8"), f"{edition / page}"
+
+
+# ---------------------------------------------------------------- the Chinese style sheet (book/locales/zh_CN/style.md)
+
+
+def test_chinese_edition_follows_the_style_sheet():
+    problems = translation.typography_problems()
+    assert not problems, (f"{len(problems)} messages break the Chinese style sheet (book/locales/zh_CN/style.md):\n"
+                          + "\n".join(problems[:40]))
+
+
+PLANTED = "**A planted sentence.** It is there for the style check."  # a bold lead-in, as many paragraphs start
+
+
+def _style_findings(tmp_path: Path, chinese: str, english: str = PLANTED) -> list[str]:
+    """What the typography check says about one message planted in a copy of Chapter 2's catalogue."""
+    catalogues = tmp_path / "LC_MESSAGES"
+    chapter = catalogues / "book" / "02_attention.po"
+    chapter.parent.mkdir(parents=True)
+    shutil.copy(translation.CATALOGUES / "book" / "02_attention.po", chapter)
+    _rewrite(chapter, lambda catalogue: catalogue.add(english, chinese))
+    return [line for line in translation.typography_problems(catalogues) if line.endswith(f"{english!r}")]
+
+
+# Each rule: a sentence that breaks it, and the same sentence as the style sheet writes it (with, where a rule
+# could catch too much, what it must leave alone).
+STYLE_EXAMPLES = [
+    ("spaced dash", "损失下降 — 但很慢。", "损失下降——但很慢。"),
+    ("spaced dash", "损失下降 —— 但很慢。", "损失下降——但很慢。"),
+    ("single dash", "损失下降—但很慢。", "损失下降——但很慢。"),
+    ("ASCII dash", "损失下降 -- 但很慢。", "损失下降——但很慢。运行 --preset cpu 即可。"),
+    ("space before %", "准确率为 95 %。", "准确率为 95%。"),
+    ("space before %", "准确率为 {glue:text}`accuracy:.1f` %。", "准确率为 {glue:text}`accuracy:.1f`%。"),
+    ("ASCII double quotes", '所谓"自检"就是一个单元格。', "所谓“自检”就是一个单元格。"),
+    ("corner brackets", "所谓「自检」就是一个单元格。", "所谓“自检”就是一个单元格，`print(\"ok\")` 除外。"),
+    ("bold lead-in", "**算一个数。**实验中的助手最简单。", "**算一个数**。实验中的助手最简单，**数据飞轮**。"),
+    ("bold lead-in", "**算一个数。** 实验中的助手最简单。", "**算一个数**。实验中的助手最简单。"),
+    ("bold lead-in", "**练习卡住了？**可以跳过。", "**练习卡住了**？可以跳过。"),
+    ("half-width enumerator", "(a) 先算损失，(b) 再求梯度。", "（a）先算损失，（b）再求梯度，log(sigmoid(x)) 除外。"),
+    ("half-width enumerator", "分两步：(1) 预填充，(2) 解码。", "分两步：（1）预填充，（2）解码。"),
+    ("算术 for compute", "训练所需的算术随参数量增长。", "训练所需的算力随参数量增长，算术强度则不变。"),
+    ("旋钮 for knob", "温度是解码的一个旋钮。", "温度是解码的一个可调参数。"),
+    ("杠杆 for lever", "批处理是提高吞吐量的杠杆。", "批处理是提高吞吐量的手段。"),
+    ("百万 after a decimal", "模型有 22.7 百万个参数。", "模型有 2270 万个参数，每百万词元 0.2 美元。"),
+    ("百万 after a decimal", "模型有 {glue:text}`millions:.1f` 百万个参数。", "模型有 {glue:text}`count:,d` 个参数。"),
+    ("GPU 的主存", "权重放在 GPU 的主存里。", "权重放在显存里。"),
+    ("模块 for block", "每个模块先做注意力。", "每个块先做注意力。"),
+]
+
+
+@pytest.mark.parametrize("rule, wrong, right", STYLE_EXAMPLES,
+                         ids=[f"{rule}-{number}" for number, (rule, _, _) in enumerate(STYLE_EXAMPLES)])
+def test_typography_check_catches_a_planted_mistake(tmp_path, rule, wrong, right):
+    found = _style_findings(tmp_path / "wrong", wrong)
+    assert any(f": {rule} (" in line for line in found), found
+    assert _style_findings(tmp_path / "right", right) == []
+
+
+def test_the_style_sheets_bold_lead_in_is_bold_on_the_page_and_the_other_is_not():
+    """Why the stop goes after the bold: MyST (CommonMark) closes ** after a punctuation mark only when a space or
+    another punctuation mark follows, so "**算一个数。**正文" shows its asterisks on the page."""
+    from markdown_it.renderer import RendererHTML
+    from myst_parser.config.main import MdParserConfig
+    from myst_parser.parsers.mdit import create_md_parser
+
+    parser = create_md_parser(MdParserConfig(), RendererHTML)
+    assert "<strong>算一个数</strong>。正文" in parser.render("**算一个数**。正文")
+    assert "<strong>" not in parser.render("**算一个数。**正文") and "**" in parser.render("**算一个数。**正文")
+
+
+def test_typography_check_leaves_alone_python_modules_english_text_and_empty_cells(tmp_path):
+    """模块 where the English says module (or submodule) is the right word; a message with no Chinese (a name, a
+    number) is not Chinese prose; a table's lone "—" means "none"."""
+    assert _style_findings(tmp_path / "module", "这个模块提供注意力。", "This module provides attention.") == []
+    assert _style_findings(tmp_path / "submodule", "各个子模块的名称不变。", "The submodules keep their names.") == []
+    assert _style_findings(tmp_path / "english", 'GPT-2 "small" — 124M (95 %)') == []
+    assert _style_findings(tmp_path / "cell", "—（测量）", "— (measure)") == []

@@ -9,14 +9,17 @@ catalogue becomes *fuzzy* (or new and empty) and :func:`untranslated` reports it
 fails until someone translates it.
 
 The terms the course introduces are listed once, in the bilingual glossary ``book/glossary.md``;
-:func:`glossary_misuse` reports a Chinese message that renders a glossary term some other way.
+:func:`glossary_misuse` reports a Chinese message that renders a glossary term some other way, and
+:func:`typography_problems` one that breaks a rule of the Chinese style sheet ``book/locales/zh_CN/style.md``
+that a pattern can find (dashes, "95%", quotes, enumerators, banned calques).
 
 As a command line::
 
     python -m llmlab.course.translation build BUILD   # the Chinese edition of the English book built under
                                                      # BUILD (jupyter-book's --path-output) into BUILD/_build/html/zh_CN
     python -m llmlab.course.translation update       # after an English change: new .pot, catalogues merged
-    python -m llmlab.course.translation check        # untranslated or fuzzy messages, glossary misuse
+    python -m llmlab.course.translation check        # untranslated or fuzzy messages, glossary misuse,
+                                                     # markup changed, typography (book/locales/zh_CN/style.md)
 
 The Chinese build runs no code: the English build executes every chapter into its jupyter-cache, and
 the Chinese build reads the outputs from there (same code cells, same outputs).
@@ -377,10 +380,11 @@ def glossary(page: Path = GLOSSARY_PAGE) -> list[Term]:
     return terms
 
 
-def _plain(text: str) -> str:
-    """A message without its code, maths, roles, link targets and URLs: the words a reader reads."""
+def _plain(text: str, blank: str = " ") -> str:
+    """A message without its code, maths, roles, link targets and URLs: the words a reader reads.
+    Each piece removed leaves ``blank`` in its place."""
     for pattern in _NOT_WORDS:
-        text = pattern.sub(" ", text)
+        text = pattern.sub(blank, text)
     return re.sub(r"\]\([^)]*\)", "]", text)  # [words](target): keep the words
 
 
@@ -447,8 +451,93 @@ def markup_mismatches(catalogues: Path = CATALOGUES, pages: list[str] | None = N
     return problems
 
 
+# ---------------------------------------------------------------- Chinese typography
+
+# The rules of the Chinese style sheet (book/locales/zh_CN/style.md) that a pattern can check, on the prose of a
+# translation: code, maths, roles and URLs are taken out first (each leaves _MARKUP_LEFT, which is neither a space
+# nor a word, so that "`x`——" does not read as a spaced dash), and a glued number becomes a number.
+_MARKUP_LEFT = "\ue000"
+_HAN = re.compile(r"[\u3400-\u9fff]")
+_GLUED_NUMBER = re.compile(r"\{glue(?::[a-z]*)?\}`[^`]*`")
+_EMPTY_CELL = re.compile(r"^\s*—(?=\s|（|$)")
+
+
+def _glued_as_number(match: re.Match) -> str:
+    """A glued value as the number it shows: ``x:.1f`` pastes a decimal, ``x:,d`` or ``x`` a whole number."""
+    return "9.9" if re.search(r":[^`]*\.[1-9]", match.group(0)) else "9"
+
+
+@dataclass
+class StyleRule:
+    name: str  # what a report says, e.g. "spaced dash"
+    pattern: re.Pattern  # found in a translation's prose: a problem
+    fix: str  # what the style sheet writes instead
+    allowed: tuple[str, ...] = ()  # defined terms that contain the pattern (算术强度 contains 算术)
+    unless_english: re.Pattern | None = None  # where the English says this, the pattern is the right word
+    if_english: re.Pattern | None = None  # the rule holds only where the English looks like this
+
+
+STYLE_RULES = [
+    StyleRule("spaced dash", re.compile(r"[ \t]+—+|—+[ \t]+"), "——, with no space around it"),
+    StyleRule("single dash", re.compile(r"(?<![—\s])—(?!—)|(?<!—)—(?![—\s])"), "two of them: ——"),
+    StyleRule("ASCII dash", re.compile(r"(?<![-!<A-Za-z0-9_])--(?![->A-Za-z0-9_])"), "——"),
+    StyleRule("space before %", re.compile(r"\d[ \t\u00a0]+%"), "95%, the number and % together"),
+    StyleRule("ASCII double quotes", re.compile(r'"'), "Chinese quotes “…”"),
+    StyleRule("corner brackets", re.compile(r"[「」『』]"), "Chinese quotes “…”"),
+    # "**The worked number.** Text" -> "**算一个数**。正文": the stop after the bold, no space. Inside the bold it
+    # would not render: CommonMark closes ** after a punctuation mark only before a space or another punctuation
+    # mark, so MyST prints the asterisks of "**算一个数。**正文" as they are (tests/test_translation.py shows it).
+    StyleRule("bold lead-in",
+              re.compile(r"^\s*\*\*[^*]+(?:[。？！：.?!:]\*\*(?=[^\s*])|[。？！：]\*\*[ \t]+|\*\*[ \t]+[。？！：]|[.?!]\*\*)"),
+              "the stop after the bold, no space: **算一个数**。正文",
+              if_english=re.compile(r"^\s*\*\*[^*]+[.?!]\*\*")),
+    StyleRule("half-width enumerator",
+              re.compile(r"(?<![A-Za-z0-9_)\]\ue000])\((?:[a-h]|[1-9]|i{1,3}|iv|v|vi{1,3})\)"), "full-width （a）, （1）"),
+    StyleRule("算术 for compute", re.compile(r"算术"), "算力, 计算量 (an amount of FLOPs) or 计算",
+              allowed=("算术强度",)),  # the English's "arithmetic" is the resource too: 算力
+    StyleRule("旋钮 for knob", re.compile(r"旋钮"), "可调参数 or 设置"),
+    StyleRule("杠杆 for lever", re.compile(r"杠杆"), "手段 or 办法"),
+    StyleRule("百万 after a decimal", re.compile(r"\d\.\d+\s*百万"), "Chinese magnitudes: 2270 万, 1.3 亿"),
+    StyleRule("GPU 的主存", re.compile(r"GPU\s*的\s*主存"), "显存 (the GPU's memory); 内存 is the host's"),
+    StyleRule("模块 for block", re.compile(r"模块"), "块 (a transformer block); 模块 is a Python module",
+              unless_english=re.compile(r"modules?\b", re.IGNORECASE)),  # submodule too
+]
+
+
+def typography_problems(catalogues: Path = CATALOGUES, pages: list[str] | None = None,
+                        rules: list[StyleRule] | None = None) -> list[str]:
+    """One line per translated message and rule of the Chinese style sheet it breaks: a dash that is not "——",
+    "95 %", ASCII quotes, a half-width "(a)", a bold lead-in whose stop is inside the bold, or a calque the style sheet bans (算术 for compute, 旋钮, 杠杆,
+    "22.7 百万", "GPU 的主存", 模块 for a block). Only prose is checked (code, maths, roles and URLs are taken
+    out), and only in messages with Chinese in them."""
+    rules = STYLE_RULES if rules is None else rules
+    problems = []
+    for message in messages(catalogues):
+        if (pages and message.page not in pages) or not message.msgstr or message.fuzzy:
+            continue
+        prose = _plain(_GLUED_NUMBER.sub(_glued_as_number, message.msgstr), _MARKUP_LEFT)
+        prose = _EMPTY_CELL.sub(_MARKUP_LEFT, prose)  # a table's "—" for "none" is a sign, not a dash
+        if not _HAN.search(prose):
+            continue
+        english = _plain(message.msgid)
+        for rule in rules:
+            if (rule.unless_english and rule.unless_english.search(english)) or \
+                    (rule.if_english and not rule.if_english.search(english)):
+                continue
+            text = prose
+            for term in rule.allowed:
+                text = text.replace(term, _MARKUP_LEFT)
+            found = rule.pattern.search(text)
+            if found:
+                context = text[max(0, found.start() - 8):found.end() + 8].replace(_MARKUP_LEFT, "…")
+                problems.append(f"{message.page}: {rule.name} ({context.strip()!r}; write {rule.fix}): "
+                                f"{_shown(message.msgid)!r}")
+    return problems
+
+
 def catalogue_problems(pages: list[str] | None = None, catalogues: Path = CATALOGUES) -> list[str]:
-    """What the catalogues alone show (no extraction): empty or fuzzy messages, glossary misuse, markup changed."""
+    """What the catalogues alone show (no extraction): empty or fuzzy messages, glossary misuse, markup changed,
+    typography against the Chinese style sheet."""
     problems = []
     for message in messages(catalogues):
         if pages and message.page not in pages:
@@ -459,7 +548,7 @@ def catalogue_problems(pages: list[str] | None = None, catalogues: Path = CATALO
         elif not message.msgstr.strip():
             problems.append(f"{message.page}: untranslated: {first_line!r}")
     problems += [line for line in glossary_misuse(catalogues) if not pages or line.split(":")[0] in pages]
-    return problems + markup_mismatches(catalogues, pages)
+    return problems + markup_mismatches(catalogues, pages) + typography_problems(catalogues, pages)
 
 
 # ---------------------------------------------------------------- command line
@@ -491,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "update":
         update_catalogues(pot_dir)
         print(f"catalogues updated in {CATALOGUES}")
-    problems = untranslated(pot_dir) + glossary_misuse() + markup_mismatches()
+    problems = untranslated(pot_dir) + glossary_misuse() + markup_mismatches() + typography_problems()
     for line in problems:
         print(line)
     total = sum(1 for _ in messages())
