@@ -19,6 +19,7 @@ import contextlib
 import io
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,15 +41,32 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 # --- the base model ---------------------------------------------------------------------------------------
 
 
-def pretraining_text(characters: int | None = None) -> str:
-    """Plain text for the lab's own base model: Tiny Shakespeare, then the BANKING77 training messages (modern
-    customer-service English), one per line; the first ``characters`` of it (None = all). No coffee dialog is in it."""
+# How a transcript names the two speakers in the base model's pretraining text (the chat format names them otherwise).
+TRANSCRIPT_SPEAKERS = {"user": "Customer", "assistant": "Barista"}
+
+
+def plain_transcript(messages: Sequence[dict]) -> str:
+    """A conversation as plain text, one ``Speaker: text`` line per message: how dialogs appear in web text and books,
+    with no chat template, no special token and nothing that marks where the barista should stop."""
+    return "\n".join(f"{TRANSCRIPT_SPEAKERS[message['role']]}: {message['content']}" for message in messages)
+
+
+def pretraining_text(characters: int | None = None, conversations: Sequence[Sequence[dict]] = ()) -> str:
+    """Plain text for the lab's own base model: the BANKING77 training messages (customer-service English), one per
+    line, then ``conversations`` as plain transcripts (``plain_transcript``), a blank line between two; the first
+    ``characters`` of it (None = all).
+
+    The lab passes its *training* dialogs, never a validation or test one. A real base model has read
+    billions of words, conversations among them; this one can read about a million characters in a few minutes,
+    so it reads the kind of text its task is about, as a transcript. What it has not seen is the chat format:
+    the role markers, the turn boundaries, the end-of-turn token. That is what supervised fine-tuning teaches.
+    """
     import pandas as pd
 
-    from llmlab.data import data_file, tiny_shakespeare
+    from llmlab.data import data_file
 
     messages = pd.read_csv(data_file("banking77/train.csv"))["text"].tolist()
-    text = tiny_shakespeare() + "\n\n" + "\n".join(messages)
+    text = "\n".join(messages) + "".join("\n\n" + plain_transcript(conversation) for conversation in conversations)
     return text if characters is None else text[:characters]
 
 
@@ -532,14 +550,15 @@ def conversations_by_split(settings: dict, seed: int = 0) -> dict[str, list[list
     return {split: [dialog_messages(dialog) for dialog in chosen] for split, chosen in splits.items()}
 
 
-def prepare_base_model(settings: dict, device: torch.device, folder, checkpoint_path=None, seed: int = 0):
+def prepare_base_model(settings: dict, device: torch.device, folder, training_conversations: Sequence[Sequence[dict]],
+                       checkpoint_path=None, seed: int = 0):
     """(tokenizer, base model, pretraining history or None): loaded from the Hub by name, or built (its weights and
-    pretraining windows drawn with ``seed``), pretrained, saved with ``save_pretrained`` to ``folder`` and read back
-    with ``from_pretrained``."""
+    pretraining windows drawn with ``seed``), pretrained on ``pretraining_text`` with ``training_conversations`` as
+    transcripts, saved with ``save_pretrained`` to ``folder`` and read back with ``from_pretrained``."""
     if settings["base_model"] is not None:
         tokenizer, model = load_base_model(settings["base_model"], device)
         return tokenizer, model, None
-    text = pretraining_text(settings["pretrain_characters"])
+    text = pretraining_text(settings["pretrain_characters"], training_conversations)
     tokenizer = train_chat_tokenizer(text, settings["vocab_size"])
     model = small_decoder(tokenizer, settings, seed)
     history = pretrain_decoder(model, tokenizer, text, settings, device, checkpoint_path, seed)
@@ -593,10 +612,11 @@ def benchmark(preset: str, seed: int = 0) -> dict:
     started = time.perf_counter()
     workspace = Path(tempfile.mkdtemp(prefix="llmlab-bench-sft-"))  # no checkpoint of an earlier run is resumed
     print(f"benchmark sft | preset {preset} | seed {seed} | {describe_machine(device)} | {lab_precision(settings, device).name}")
-    base_started = time.perf_counter()
-    tokenizer, base, _ = prepare_base_model(settings, device, workspace / "base", workspace / "pretraining.safetensors", seed)
-    base_seconds = time.perf_counter() - base_started
     conversations = conversations_by_split(settings)
+    base_started = time.perf_counter()
+    tokenizer, base, _ = prepare_base_model(settings, device, workspace / "base", conversations["train"],
+                                            workspace / "pretraining.safetensors", seed)
+    base_seconds = time.perf_counter() - base_started
     train_data, skipped = sft_dataset(tokenizer, conversations["train"], settings["max_length"])
     validation_data, _ = sft_dataset(tokenizer, conversations["validation"], settings["max_length"])
     item_counts = customer_item_counts(conversations["train"])  # what customers order, from the training dialogs only

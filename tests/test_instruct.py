@@ -247,6 +247,24 @@ def test_split_is_by_dialog_never_by_turn(dialogs):
     assert [d["conversation_id"] for d in instruct.split_by_dialog(chosen, 0.1, 0.2, seed=4)["test"]] != ids["test"]
 
 
+def test_the_base_model_reads_the_training_dialogs_as_transcripts_and_nothing_else():
+    from llmlab.instruct_training import conversations_by_split, plain_transcript, pretraining_text
+    from llmlab.presets import lab_settings
+
+    assert plain_transcript(ORDER[:2]) == "Customer: one large latte please\nBarista: Okay, is the order on the screen right?"
+    conversations = conversations_by_split(lab_settings("04b_instruction_tuning", "smoke"))
+    text = pretraining_text(None, conversations["train"])
+    assert text.startswith("I am still waiting on my card?")  # BANKING77's first training message comes first
+    assert all(plain_transcript(c) in text for c in conversations["train"])
+    # never the chat format the model is fine-tuned to, and never a held-out dialog
+    assert not any(token in text for token in ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "user\n", "assistant\n"))
+    held_out = [plain_transcript(c) for split in ("validation", "test") for c in conversations[split]]
+    assert held_out and not any(transcript in text for transcript in held_out if transcript not in
+                                {plain_transcript(c) for c in conversations["train"]})
+    assert pretraining_text(50, conversations["train"]) == text[:50]
+    assert "Barista:" not in pretraining_text()  # without dialogs: bank messages only
+
+
 def test_split_refuses_duplicate_ids_and_bad_fractions(dialogs):
     with pytest.raises(ValueError, match="appears more than once"):
         instruct.split_by_dialog([dialogs[0], dialogs[1], dialogs[0]], 0.2, 0.2)
