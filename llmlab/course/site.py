@@ -451,25 +451,90 @@ def _page_as_notebook(path: Path):
                                        path=str(path))
 
 
-def _execute_page(path: Path, timeout: int):
-    from jupyter_cache.executors.utils import single_nb_execution
+# Run in a kernel before each page after its first: what the page would find in a fresh kernel (an empty namespace, the
+# page's folder, execution counts from 1), while the modules the earlier pages imported (torch, transformers, matplotlib:
+# most of a kernel's start) stay imported. Each page sets its own seeds and print options at its top; the progress bars
+# and warnings that a page switches off are switched on again, so that no page's output depends on the page before it.
+_FRESH_PAGE = """\
+%reset -f
+import os as _os, sys as _sys
+_os.chdir({folder!r})
+if "transformers" in _sys.modules:
+    _sys.modules["transformers"].utils.logging.set_verbosity_warning()
+    _sys.modules["transformers"].utils.logging.enable_progress_bar()
+if "datasets" in _sys.modules:
+    _sys.modules["datasets"].enable_progress_bars()
+if "matplotlib.pyplot" in _sys.modules:
+    _sys.modules["matplotlib.pyplot"].close("all")
+del _os, _sys
+get_ipython().execution_count = 1
+"""
 
-    notebook = _page_as_notebook(path)
-    result = single_nb_execution(notebook, cwd=str(path.parent), allow_errors=False, timeout=timeout, meta_override=True)
-    if result.err is not None:
-        raise RuntimeError(f"{path.relative_to(ROOT)} failed while executing:\n{result.exc_string}")
-    return notebook, result.time
+
+_page_queue = None  # in each process of execute_chapters' pool: the pages still to run, shared by the processes
+
+
+def _receive_page_queue(queue) -> None:
+    global _page_queue
+    _page_queue = queue
+
+
+def _execute_queued_pages(timeout: int) -> list[tuple[Path, object, float]]:
+    """Take pages from the pool's queue until its next item is None and run them one after the other in one kernel (see
+    ``_FRESH_PAGE``); returns (path, executed notebook, seconds) for each."""
+    import time
+
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
+    kernel, done = None, []
+    try:
+        while (path := _page_queue.get()) is not None:
+            notebook = _page_as_notebook(path)
+            started = time.perf_counter()
+            if kernel is None:
+                kernel = AsyncKernelManager(kernel_name=notebook.metadata.get("kernelspec", {}).get("name", "python3"))
+            else:
+                reset = kernel.client()
+                reset.start_channels()
+                try:
+                    reply = run_sync(reset.execute_interactive)(_FRESH_PAGE.format(folder=str(path.parent)), silent=True,
+                                                                store_history=False, timeout=60)
+                finally:
+                    reset.stop_channels()
+                if reply["content"]["status"] != "ok":
+                    raise RuntimeError(f"the kernel could not be reset for {path.relative_to(ROOT)}: {reply['content']}")
+            execution = notebook.metadata.get("execution", {})  # a page's own timeout and allow_errors, as myst-nb reads them
+            client = NotebookClient(notebook, km=kernel, timeout=execution.get("timeout", timeout),
+                                    allow_errors=execution.get("allow_errors", False), record_timing=False,
+                                    resources={"metadata": {"path": str(path.parent)}})
+            try:
+                client.execute()
+            except (CellExecutionError, CellTimeoutError) as error:
+                raise RuntimeError(f"{path.relative_to(ROOT)} failed while executing:\n{error}") from None
+            finally:
+                if client.kc is not None:
+                    client.kc.stop_channels()
+            done.append((path, notebook, time.perf_counter() - started))
+    finally:
+        if kernel is not None and kernel.has_kernel:
+            run_sync(kernel.shutdown_kernel)(now=False)
+    return done
 
 
 def execute_chapters(cache_folder: Path, workers: int = 2, timeout: int = 300) -> dict[str, float]:
-    """Run every chapter's code, ``workers`` pages at a time, into the jupyter-cache at ``cache_folder``.
+    """Run every chapter's code, ``workers`` kernels side by side, into the jupyter-cache at ``cache_folder``.
 
-    Sphinx executes the pages of a book one after the other, and most of a build's time is that
-    execution (a kernel to start, torch to import, the page's computations). Run here first, side by
-    side, the pages are already in the cache when the build reads them, keyed exactly as myst-nb
-    keys them (their code cells and kernel), so the build uses them ("Using cached notebook") and
-    executes nothing itself. A page already cached with the same code is not run again. Returns the
-    seconds each executed page took; a page that fails stops everything with its traceback.
+    Sphinx executes the pages of a book one after the other, each in a kernel of its own, and most of a
+    build's time is that execution (a kernel to start, torch to import, the page's computations). Run
+    here first, side by side, the pages are already in the cache when the build reads them, keyed exactly
+    as myst-nb keys them (their code cells and kernel), so the build uses them ("Using cached notebook")
+    and executes nothing itself. The pages are dealt out to ``workers`` kernels, each running its pages
+    one after the other (``_execute_queued_pages``), so that torch and the other modules are imported once per
+    kernel rather than once per page. A page already cached with the same code is not run again.
+    Returns the seconds each executed page took; a page that fails stops everything with its traceback.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -484,14 +549,24 @@ def execute_chapters(cache_folder: Path, workers: int = 2, timeout: int = 300) -
             cache.match_cache_notebook(_page_as_notebook(path))
         except KeyError:
             pending.append(path)
+    if not pending:
+        return {}
+    # The pages with the most code first: the kernels take the next page when they finish one, so they finish together.
+    code_cells = {path: sum(cell.cell_type == "code" for cell in _page_as_notebook(path).cells) for path in pending}
+    context = multiprocessing.get_context("spawn")  # not fork: the caller may be a test process with torch's threads running
+    pages = context.Queue()
+    kernels = max(1, min(workers, len(pending)))
+    for path in sorted(pending, key=lambda page: -code_cells[page]) + [None] * kernels:  # one None to stop each kernel
+        pages.put(path)
     seconds = {}
-    # spawn, not fork: the caller may be a test process with torch's threads running, which a fork would copy mid-state
-    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=multiprocessing.get_context("spawn")) as pool:
-        for path, (notebook, took) in zip(pending, pool.map(_execute_page, pending, [timeout] * len(pending))):
-            record = cache.add_nb_to_project(str(path), read_data={"type": "plugin", "name": "myst_nb_md"})
-            cache.cache_notebook_bundle(CacheBundleIn(notebook, record.uri, data={"execution_seconds": took}),
-                                        check_validity=False, overwrite=True)
-            seconds[str(path.relative_to(ROOT))] = took
+    with ProcessPoolExecutor(max_workers=kernels, mp_context=context, initializer=_receive_page_queue,
+                             initargs=(pages,)) as pool:
+        for results in pool.map(_execute_queued_pages, [timeout] * kernels):
+            for path, notebook, took in results:
+                record = cache.add_nb_to_project(str(path), read_data={"type": "plugin", "name": "myst_nb_md"})
+                cache.cache_notebook_bundle(CacheBundleIn(notebook, record.uri, data={"execution_seconds": took}),
+                                            check_validity=False, overwrite=True)
+                seconds[str(path.relative_to(ROOT))] = took
     return seconds
 
 
