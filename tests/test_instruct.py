@@ -258,9 +258,9 @@ def test_the_base_model_reads_the_training_dialogs_as_transcripts_and_nothing_el
     assert all(plain_transcript(c) in text for c in conversations["train"])
     # never the chat format the model is fine-tuned to, and never a held-out dialog
     assert not any(token in text for token in ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "user\n", "assistant\n"))
-    held_out = [plain_transcript(c) for split in ("validation", "test") for c in conversations[split]]
-    assert held_out and not any(transcript in text for transcript in held_out if transcript not in
-                                {plain_transcript(c) for c in conversations["train"]})
+    trained = {plain_transcript(c) for c in conversations["train"]}
+    held_out = {plain_transcript(c) for split in ("validation", "test") for c in conversations[split]} - trained
+    assert held_out and not any(transcript in text for transcript in held_out)  # (a dialog also in training may repeat)
     assert pretraining_text(50, conversations["train"]) == text[:50]
     assert "Barista:" not in pretraining_text()  # without dialogs: bank messages only
 
